@@ -1,0 +1,239 @@
+"""The Knee (explore-exploit) learning-rate schedule: the one definition of its math.
+
+Framework-free (standard library only): every adapter in this package (torch, transformers,
+fairseq, the CLI) calls :func:`knee_factor` and never re-codes the formula.
+
+With total budget ``T`` optimizer steps, warmup ``W`` steps, explore ``E`` steps (the constant
+phase that *follows* warmup), decay ``D = T - W - E`` steps and floor ratio ``r``::
+
+    m(t) = t / W                        0 <= t < W           (linear warmup from 0)
+    m(t) = 1                            W <= t < W + E       (explore at the seed LR)
+    m(t) = r + (1 - r) * (T - t) / D    W + E <= t < T       (exploit: linear decay)
+    m(t) = r                            t >= T
+
+``lr_g(t) = base_lr_g * m(t)`` for every parameter group ``g``. Step indexing follows
+transformers' schedules: ``t`` counts the optimizer updates already made, so the first update
+uses ``m(0)`` (0 when there is warmup) and ``m(W) = 1``. Zero-length phases are legal.
+
+Durations may be given as steps (``int``), as a fraction of the budget (``float`` in [0, 1], or a
+string ``"50%"``), or in epochs (string ``"40ep"``, which needs ``steps_per_epoch``); see
+:func:`resolve_steps`.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import re
+from dataclasses import dataclass
+from typing import Union
+
+Duration = Union[int, float, str]
+
+PHASES = ("warmup", "explore", "exploit", "done")
+
+_EPOCHS = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(?:ep|epoch|epochs)\s*$", re.IGNORECASE)
+_PERCENT = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*%\s*$")
+
+
+def _check_step_count(value: object, name: str, *, allow_zero: bool = True) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        else:
+            raise ValueError(
+                f"{name} must be a whole number of steps, got {value!r}; "
+                "pass an int (or a fraction of the budget where a duration is accepted)"
+            )
+    value = int(value)
+    if value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be {bound}, got {value}")
+    return value
+
+
+def validate_knee_args(
+    *, total_steps: int, warmup_steps: int, explore_steps: int, min_lr_ratio: float = 0.0
+) -> None:
+    """Raise ``ValueError`` naming the argument and the fix if the Knee arguments are invalid."""
+    total_steps = _check_step_count(total_steps, "total_steps", allow_zero=False)
+    warmup_steps = _check_step_count(warmup_steps, "warmup_steps")
+    explore_steps = _check_step_count(explore_steps, "explore_steps")
+    if isinstance(min_lr_ratio, bool) or not isinstance(min_lr_ratio, numbers.Real):
+        raise ValueError(f"min_lr_ratio must be a number in [0, 1), got {min_lr_ratio!r}")
+    if not 0.0 <= float(min_lr_ratio) < 1.0:
+        raise ValueError(
+            f"min_lr_ratio must be in [0, 1), got {min_lr_ratio}; "
+            "0 decays to zero as in the paper, 0.1 ends at a tenth of the seed LR"
+        )
+    if warmup_steps + explore_steps > total_steps:
+        raise ValueError(
+            f"warmup_steps + explore_steps = {warmup_steps} + {explore_steps} = "
+            f"{warmup_steps + explore_steps} exceeds total_steps = {total_steps}; "
+            "shorten warmup or explore, or raise the budget"
+        )
+
+
+def knee_factor(
+    step: int, *, total_steps: int, warmup_steps: int, explore_steps: int, min_lr_ratio: float = 0.0
+) -> float:
+    """Multiplier ``m(step)`` of the seed LR (see the module docstring for the formula).
+
+    Args:
+        step: optimizer updates already made (0 for the first update).
+        total_steps: the budget ``T``.
+        warmup_steps: ``W``, linear warmup from 0.
+        explore_steps: ``E``, constant phase after warmup.
+        min_lr_ratio: floor ``r`` reached at ``T``.
+    """
+    if step < warmup_steps:
+        return step / max(1, warmup_steps)
+    decay_start = warmup_steps + explore_steps
+    if step < decay_start:
+        return 1.0
+    if step >= total_steps:
+        return float(min_lr_ratio)
+    progress_left = (total_steps - step) / (total_steps - decay_start)
+    return min_lr_ratio + (1.0 - min_lr_ratio) * progress_left
+
+
+def resolve_steps(
+    value: Duration | None,
+    *,
+    name: str,
+    total_steps: int | None = None,
+    steps_per_epoch: int | None = None,
+) -> int | None:
+    """Turn a duration into a whole number of optimizer steps.
+
+    ``int`` -> steps; ``float`` in [0, 1] or ``"N%"`` -> fraction of ``total_steps``;
+    ``"Nep"`` / ``"N epochs"`` -> ``round(N * steps_per_epoch)``; a string of digits -> steps;
+    ``None`` stays ``None``.
+    """
+    if value is None:
+        return None
+    if isinstance(value, str):
+        text = value.strip()
+        epochs = _EPOCHS.match(text)
+        percent = _PERCENT.match(text)
+        if epochs:
+            return _epochs_to_steps(float(epochs.group(1)), name, steps_per_epoch)
+        if percent:
+            return resolve_steps(float(percent.group(1)) / 100.0, name=name, total_steps=total_steps)
+        try:
+            number: float | int = int(text)
+        except ValueError:
+            try:
+                number = float(text)
+            except ValueError:
+                raise ValueError(
+                    f"{name}={value!r} is not a duration; use steps (4000), a fraction of the "
+                    "budget (0.5 or 50%) or epochs (40ep)"
+                ) from None
+        return resolve_steps(number, name=name, total_steps=total_steps, steps_per_epoch=steps_per_epoch)
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be a duration, got the bool {value!r}")
+    if isinstance(value, numbers.Integral):
+        return _check_step_count(value, name)
+    if isinstance(value, numbers.Real):
+        fraction = float(value)
+        if math.isnan(fraction) or not 0.0 <= fraction <= 1.0:
+            raise ValueError(
+                f"{name}={value!r}: a float is a fraction of the budget and must be in [0, 1]; "
+                "pass an int for a number of steps"
+            )
+        if total_steps is None:
+            raise ValueError(f"{name}={value!r} is a fraction of the budget, but the budget is unknown")
+        return int(round(fraction * _check_step_count(total_steps, "total_steps", allow_zero=False)))
+    raise ValueError(f"{name} must be an int, a float fraction or a string duration, got {value!r}")
+
+
+def _epochs_to_steps(epochs: float, name: str, steps_per_epoch: int | None) -> int:
+    if steps_per_epoch is None:
+        raise ValueError(
+            f"{name} is given in epochs but the number of steps per epoch is unknown; "
+            "pass steps_per_epoch (optimizer updates per epoch) or give the duration in steps"
+        )
+    steps_per_epoch = _check_step_count(steps_per_epoch, "steps_per_epoch", allow_zero=False)
+    return int(round(epochs * steps_per_epoch))
+
+
+@dataclass(frozen=True)
+class KneeSchedule:
+    """A validated Knee schedule in optimizer steps; call :meth:`factor` for ``m(step)``."""
+
+    total_steps: int
+    warmup_steps: int = 0
+    explore_steps: int = 0
+    min_lr_ratio: float = 0.0
+
+    def __post_init__(self) -> None:
+        validate_knee_args(
+            total_steps=self.total_steps,
+            warmup_steps=self.warmup_steps,
+            explore_steps=self.explore_steps,
+            min_lr_ratio=self.min_lr_ratio,
+        )
+
+    @classmethod
+    def from_durations(
+        cls,
+        total: Duration,
+        *,
+        warmup: Duration | None = 0,
+        explore: Duration | None = None,
+        explore_ratio: float = 0.5,
+        min_lr_ratio: float = 0.0,
+        steps_per_epoch: int | None = None,
+    ) -> "KneeSchedule":
+        """Build a schedule from durations in steps, fractions or epochs.
+
+        ``explore`` wins over ``explore_ratio`` (a fraction of the total budget, the paper's
+        default 0.5). A fractional ``total`` makes no sense and is refused.
+        """
+        if isinstance(total, float) and not total.is_integer():
+            raise ValueError(f"total={total!r} must be steps (int) or epochs ('50ep'), not a fraction")
+        total_steps = resolve_steps(total, name="total", steps_per_epoch=steps_per_epoch)
+        if not total_steps:
+            raise ValueError("total must be > 0: the budget of optimizer steps is empty")
+        warmup_steps = resolve_steps(
+            warmup or 0, name="warmup", total_steps=total_steps, steps_per_epoch=steps_per_epoch
+        )
+        if explore is None:
+            if isinstance(explore_ratio, bool) or not isinstance(explore_ratio, numbers.Real):
+                raise ValueError(f"explore_ratio must be a fraction in [0, 1], got {explore_ratio!r}")
+            explore = float(explore_ratio)
+            name = "explore_ratio"
+        else:
+            name = "explore"
+        explore_steps = resolve_steps(
+            explore, name=name, total_steps=total_steps, steps_per_epoch=steps_per_epoch
+        )
+        return cls(total_steps, warmup_steps, explore_steps, min_lr_ratio)
+
+    @property
+    def decay_start(self) -> int:
+        return self.warmup_steps + self.explore_steps
+
+    @property
+    def decay_steps(self) -> int:
+        return self.total_steps - self.decay_start
+
+    def factor(self, step: int) -> float:
+        return knee_factor(
+            step,
+            total_steps=self.total_steps,
+            warmup_steps=self.warmup_steps,
+            explore_steps=self.explore_steps,
+            min_lr_ratio=self.min_lr_ratio,
+        )
+
+    def phase(self, step: int) -> str:
+        """Name of the phase the update at ``step`` belongs to (one of :data:`PHASES`)."""
+        if step < self.warmup_steps:
+            return "warmup"
+        if step < self.decay_start:
+            return "explore"
+        if step < self.total_steps:
+            return "exploit"
+        return "done"
