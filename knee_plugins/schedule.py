@@ -52,6 +52,28 @@ def _check_step_count(value: object, name: str, *, allow_zero: bool = True) -> i
     return value
 
 
+def check_fraction(value: object, name: str) -> float:
+    """Return ``value`` as a float in [0, 1] or raise ``ValueError`` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(float(value)):
+        raise ValueError(f"{name} must be a fraction in [0, 1], got {value!r}")
+    if not 0.0 <= float(value) <= 1.0:
+        raise ValueError(
+            f"{name}={value!r}: a fraction of the budget must be in [0, 1]; "
+            "pass an int where a number of steps is meant"
+        )
+    return float(value)
+
+
+def check_min_lr_ratio(value: object) -> float:
+    """Return the floor ratio as a float in [0, 1) or raise ``ValueError``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= float(value) < 1.0:
+        raise ValueError(
+            f"min_lr_ratio must be in [0, 1), got {value!r}; "
+            "0 decays to zero as in the paper, 0.1 ends at a tenth of the seed LR"
+        )
+    return float(value)
+
+
 def validate_knee_args(
     *, total_steps: int, warmup_steps: int, explore_steps: int, min_lr_ratio: float = 0.0
 ) -> None:
@@ -59,13 +81,7 @@ def validate_knee_args(
     total_steps = _check_step_count(total_steps, "total_steps", allow_zero=False)
     warmup_steps = _check_step_count(warmup_steps, "warmup_steps")
     explore_steps = _check_step_count(explore_steps, "explore_steps")
-    if isinstance(min_lr_ratio, bool) or not isinstance(min_lr_ratio, numbers.Real):
-        raise ValueError(f"min_lr_ratio must be a number in [0, 1), got {min_lr_ratio!r}")
-    if not 0.0 <= float(min_lr_ratio) < 1.0:
-        raise ValueError(
-            f"min_lr_ratio must be in [0, 1), got {min_lr_ratio}; "
-            "0 decays to zero as in the paper, 0.1 ends at a tenth of the seed LR"
-        )
+    check_min_lr_ratio(min_lr_ratio)
     if warmup_steps + explore_steps > total_steps:
         raise ValueError(
             f"warmup_steps + explore_steps = {warmup_steps} + {explore_steps} = "
@@ -93,8 +109,8 @@ def knee_factor(
         return 1.0
     if step >= total_steps:
         return float(min_lr_ratio)
-    progress_left = (total_steps - step) / (total_steps - decay_start)
-    return min_lr_ratio + (1.0 - min_lr_ratio) * progress_left
+    remaining = 1.0 - (step - decay_start) / (total_steps - decay_start)
+    return remaining * (1.0 - min_lr_ratio) + min_lr_ratio
 
 
 def resolve_steps(
@@ -136,12 +152,7 @@ def resolve_steps(
     if isinstance(value, numbers.Integral):
         return _check_step_count(value, name)
     if isinstance(value, numbers.Real):
-        fraction = float(value)
-        if math.isnan(fraction) or not 0.0 <= fraction <= 1.0:
-            raise ValueError(
-                f"{name}={value!r}: a float is a fraction of the budget and must be in [0, 1]; "
-                "pass an int for a number of steps"
-            )
+        fraction = check_fraction(value, name)
         if total_steps is None:
             raise ValueError(f"{name}={value!r} is a fraction of the budget, but the budget is unknown")
         return int(round(fraction * _check_step_count(total_steps, "total_steps", allow_zero=False)))
@@ -200,9 +211,7 @@ class KneeSchedule:
             warmup or 0, name="warmup", total_steps=total_steps, steps_per_epoch=steps_per_epoch
         )
         if explore is None:
-            if isinstance(explore_ratio, bool) or not isinstance(explore_ratio, numbers.Real):
-                raise ValueError(f"explore_ratio must be a fraction in [0, 1], got {explore_ratio!r}")
-            explore = float(explore_ratio)
+            explore = check_fraction(explore_ratio, "explore_ratio")
             name = "explore_ratio"
         else:
             name = "explore"

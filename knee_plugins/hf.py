@@ -1,0 +1,166 @@
+"""HuggingFace adapters: a transformers-style schedule factory and a ``Trainer`` callback."""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+from typing import Any
+
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LambdaLR
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+from .lr_scheduler import apply_learning_rates
+from .schedule import (
+    Duration,
+    KneeSchedule,
+    check_fraction,
+    check_min_lr_ratio,
+    knee_factor,
+    resolve_steps,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def _knee_lr_lambda(schedule: KneeSchedule) -> partial:
+    return partial(
+        knee_factor,
+        total_steps=schedule.total_steps,
+        warmup_steps=schedule.warmup_steps,
+        explore_steps=schedule.explore_steps,
+        min_lr_ratio=schedule.min_lr_ratio,
+    )
+
+
+def get_knee_schedule_with_warmup(
+    optimizer: Optimizer,
+    num_warmup_steps: Duration,
+    num_training_steps: int,
+    num_explore_steps: Duration | None = None,
+    explore_ratio: float = 0.5,
+    min_lr_ratio: float = 0.0,
+    last_epoch: int = -1,
+) -> LambdaLR:
+    """
+    Create a schedule with a learning rate that increases linearly from 0 to the initial lr set in the optimizer
+    during a warmup period, stays at it while exploring, then decreases linearly to `min_lr_ratio` times the
+    initial lr at `num_training_steps` (the Knee / explore-exploit schedule).
+
+    Step indexing is transformers': the factor is 0 at step 0 (with warmup), 1 at `num_warmup_steps`, and
+    `min_lr_ratio` from `num_training_steps` on. With `min_lr_ratio=0` (or no warmup) it equals
+    `get_wsd_schedule(num_stable_steps=num_explore_steps, decay_type="linear")`; unlike WSD, warmup always
+    starts from 0.
+
+    Args:
+        optimizer ([`~torch.optim.Optimizer`]):
+            The optimizer for which to schedule the learning rate.
+        num_warmup_steps (`int`):
+            The number of steps for the warmup phase (a float in [0, 1] is a fraction of `num_training_steps`).
+        num_training_steps (`int`):
+            The total number of training steps.
+        num_explore_steps (`int`, *optional*):
+            The number of constant-LR steps after warmup. Wins over `explore_ratio`.
+        explore_ratio (`float`, *optional*, defaults to 0.5):
+            The explore phase as a fraction of `num_training_steps`, used when `num_explore_steps` is None.
+        min_lr_ratio (`float`, *optional*, defaults to 0.0):
+            The final learning rate as a ratio of the initial learning rate.
+        last_epoch (`int`, *optional*, defaults to -1):
+            The index of the last epoch when resuming training.
+
+    Return:
+        `torch.optim.lr_scheduler.LambdaLR` with the appropriate schedule.
+    """
+    schedule = KneeSchedule.from_durations(
+        num_training_steps,
+        warmup=num_warmup_steps,
+        explore=num_explore_steps,
+        explore_ratio=explore_ratio,
+        min_lr_ratio=min_lr_ratio,
+    )
+    return LambdaLR(optimizer, _knee_lr_lambda(schedule), last_epoch)
+
+
+def install_knee_schedule(lr_scheduler: Any, schedule: KneeSchedule) -> LambdaLR:
+    """Make an existing ``LambdaLR`` follow ``schedule`` from its current step on.
+
+    The LR becomes ``base_lr * knee_factor(last_epoch)`` at once, so a scheduler restored from a
+    checkpoint continues the Knee trajectory where it stopped.
+    """
+    scheduler = getattr(lr_scheduler, "scheduler", lr_scheduler)
+    if not isinstance(scheduler, LambdaLR):
+        raise ValueError(
+            f"KneeCallback needs the Trainer's LambdaLR scheduler, got {type(scheduler).__name__}; "
+            "keep lr_scheduler_type at a LambdaLR type such as 'linear' (the default), or drop the "
+            "callback and pass optimizers=(optimizer, get_knee_schedule_with_warmup(...)) to the Trainer"
+        )
+    lr_lambda = _knee_lr_lambda(schedule)
+    scheduler.lr_lambdas = [lr_lambda] * len(scheduler.optimizer.param_groups)
+    factor = lr_lambda(scheduler.last_epoch)
+    apply_learning_rates(scheduler, [base_lr * factor for base_lr in scheduler.base_lrs])
+    return scheduler
+
+
+class KneeCallback(TrainerCallback):
+    """Run a stock ``transformers.Trainer`` on the Knee schedule over its real budget.
+
+    At ``on_train_begin`` the Trainer's budget ``state.max_steps`` (optimizer updates, whether set by
+    ``max_steps`` or by ``num_train_epochs``, after gradient accumulation) and its warmup
+    (``args.get_warmup_steps``) are known: the callback then makes the Trainer's own scheduler follow
+    Knee. From there it only observes and logs phase changes; the Trainer steps the scheduler and saves
+    it in checkpoints, so ``resume_from_checkpoint`` continues the same trajectory.
+
+    Args:
+        explore_ratio (`float`, *optional*, defaults to 0.5):
+            Explore phase as a fraction of the budget (the paper's default).
+        num_explore_steps (`int`, *optional*):
+            Explore phase in optimizer steps; wins over `explore_ratio`.
+        min_lr_ratio (`float`, *optional*, defaults to 0.0):
+            Final learning rate as a ratio of `learning_rate`.
+    """
+
+    def __init__(
+        self, explore_ratio: float = 0.5, num_explore_steps: int | None = None, min_lr_ratio: float = 0.0
+    ) -> None:
+        self.explore_ratio = check_fraction(explore_ratio, "explore_ratio")
+        self.num_explore_steps = resolve_steps(num_explore_steps, name="num_explore_steps")
+        self.min_lr_ratio = check_min_lr_ratio(min_lr_ratio)
+        self.schedule: KneeSchedule | None = None
+        self._phase: str | None = None
+
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        if not state.max_steps or state.max_steps <= 0:
+            raise ValueError(
+                "KneeCallback cannot size the schedule: the Trainer's budget (state.max_steps) is unknown; "
+                "set TrainingArguments.max_steps, or num_train_epochs with a dataset that has a length"
+            )
+        self.schedule = KneeSchedule.from_durations(
+            state.max_steps,
+            warmup=args.get_warmup_steps(state.max_steps),
+            explore=self.num_explore_steps,
+            explore_ratio=self.explore_ratio,
+            min_lr_ratio=self.min_lr_ratio,
+        )
+        install_knee_schedule(kwargs.get("lr_scheduler"), self.schedule)
+        self._phase = self.schedule.phase(state.global_step)
+        logger.info(
+            "Knee schedule over %d steps: warmup %d, explore %d, decay %d (now step %d, %s)",
+            self.schedule.total_steps,
+            self.schedule.warmup_steps,
+            self.schedule.explore_steps,
+            self.schedule.decay_steps,
+            state.global_step,
+            self._phase,
+        )
+
+    def on_step_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        if self.schedule is None:
+            return
+        phase = self.schedule.phase(state.global_step)
+        if phase != self._phase:
+            logger.info("Knee: %s phase from step %d", phase, state.global_step)
+            self._phase = phase

@@ -1,0 +1,97 @@
+"""``KneeLR``: the Knee schedule as a ``torch.optim.lr_scheduler.LRScheduler``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+
+from .schedule import Duration, KneeSchedule, knee_factor
+
+
+def apply_learning_rates(scheduler: LRScheduler, learning_rates: list[float]) -> None:
+    """Write ``learning_rates`` into the scheduler's optimizer groups and its ``get_last_lr()``."""
+    for group, learning_rate in zip(scheduler.optimizer.param_groups, learning_rates, strict=True):
+        group["lr"] = learning_rate
+    scheduler._last_lr = list(learning_rates)
+
+
+class KneeLR(LRScheduler):
+    """Warmup to each group's LR, explore at it, then decay linearly to ``min_lr_ratio`` of it.
+
+    ``lr_g(t) = base_lr_g * m(t)`` with ``m`` from :func:`knee_plugins.schedule.knee_factor`;
+    ``t`` is ``last_epoch``, the number of ``step()`` calls so far (call ``step()`` once per
+    optimizer update). Every group keeps its own base LR. ``state_dict()`` holds only numbers,
+    so it loads with ``torch.load(weights_only=True)`` and a resumed run continues the same
+    trajectory.
+
+    Args:
+        optimizer: wrapped optimizer; each group's ``lr`` is its seed (peak) LR.
+        total_steps: budget ``T`` in optimizer updates (or ``"70ep"`` with ``steps_per_epoch``).
+        warmup_steps: ``W`` as steps, fraction of ``T`` or epochs. Default 0.
+        explore_steps: ``E`` (after warmup) as steps, fraction or epochs; wins over
+            ``explore_ratio``.
+        explore_ratio: ``E`` as a fraction of ``T`` when ``explore_steps`` is None (paper: 0.5).
+        min_lr_ratio: floor ``r`` in [0, 1) reached at ``T``. Default 0.
+        steps_per_epoch: optimizer updates per epoch, needed for durations in epochs.
+        last_epoch: index of the last update when resuming; -1 starts fresh.
+
+    Example:
+        >>> # lr = 10, T = 10, W = 2, explore 50%
+        >>> scheduler = KneeLR(optimizer, total_steps=10, warmup_steps=2, explore_ratio=0.5)
+        >>> for step in range(10):
+        ...     train(...); optimizer.step(); scheduler.step()
+        >>> # lr per update: 0, 5, 10, 10, 10, 10, 10, 10, 6.67, 3.33; then 0 from step 10 on
+    """
+
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        total_steps: Duration,
+        warmup_steps: Duration = 0,
+        explore_steps: Duration | None = None,
+        explore_ratio: float = 0.5,
+        min_lr_ratio: float = 0.0,
+        steps_per_epoch: int | None = None,
+        last_epoch: int = -1,
+    ) -> None:
+        schedule = KneeSchedule.from_durations(
+            total_steps,
+            warmup=warmup_steps,
+            explore=explore_steps,
+            explore_ratio=explore_ratio,
+            min_lr_ratio=min_lr_ratio,
+            steps_per_epoch=steps_per_epoch,
+        )
+        self.total_steps = schedule.total_steps
+        self.warmup_steps = schedule.warmup_steps
+        self.explore_steps = schedule.explore_steps
+        self.min_lr_ratio = float(schedule.min_lr_ratio)
+        super().__init__(optimizer, last_epoch)
+
+    @property
+    def schedule(self) -> KneeSchedule:
+        return KneeSchedule(self.total_steps, self.warmup_steps, self.explore_steps, self.min_lr_ratio)
+
+    def _factor(self) -> float:
+        return knee_factor(
+            self.last_epoch,
+            total_steps=self.total_steps,
+            warmup_steps=self.warmup_steps,
+            explore_steps=self.explore_steps,
+            min_lr_ratio=self.min_lr_ratio,
+        )
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the step count and re-apply its LR, so the load order of optimizer and scheduler
+        state does not matter."""
+        super().load_state_dict(state_dict)
+        apply_learning_rates(self, self.get_lr())
+
+    def get_lr(self) -> list[float]:
+        factor = self._factor()
+        return [base_lr * factor for base_lr in self.base_lrs]
+
+    def _get_closed_form_lr(self) -> list[float]:
+        return self.get_lr()

@@ -1,0 +1,166 @@
+"""A real transformers.Trainer run on Knee, through KneeCallback and through optimizers=(...)."""
+
+import pytest
+import torch
+from transformers import BertConfig, BertForMaskedLM, Trainer, TrainerCallback, TrainerState, TrainingArguments
+
+from knee_plugins import KneeCallback, KneeSchedule, get_knee_schedule_with_warmup
+
+pytestmark = pytest.mark.slow
+
+LEARNING_RATE = 1e-3
+
+
+class TokenDataset(torch.utils.data.Dataset):
+    def __init__(self, size: int, length: int = 12, vocab: int = 50):
+        generator = torch.Generator().manual_seed(0)
+        self.ids = torch.randint(5, vocab, (size, length), generator=generator)
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, index):
+        ids = self.ids[index]
+        labels = torch.full_like(ids, -100)
+        labels[::3] = ids[::3]
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+
+
+class RecordLearningRates(TrainerCallback):
+    def __init__(self):
+        self.by_step = {}
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "learning_rate" in logs:
+            self.by_step[state.global_step] = logs["learning_rate"]
+
+
+class StopAt(TrainerCallback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            control.should_save = True
+            control.should_training_stop = True
+
+
+def tiny_model():
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+        max_position_embeddings=16,
+    )
+    return BertForMaskedLM(config)
+
+
+def make_args(output_dir, **overrides):
+    settings = dict(
+        output_dir=str(output_dir),
+        learning_rate=LEARNING_RATE,
+        per_device_train_batch_size=4,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        seed=0,
+        disable_tqdm=True,
+    )
+    settings.update(overrides)
+    return TrainingArguments(**settings)
+
+
+def run(args, dataset, callbacks, resume=None, optimizers=(None, None)):
+    recorder = RecordLearningRates()
+    trainer = Trainer(model=tiny_model(), args=args, train_dataset=dataset, callbacks=[*callbacks, recorder], optimizers=optimizers)
+    trainer.train(resume_from_checkpoint=resume)
+    return trainer, recorder.by_step
+
+
+def expected(schedule, steps):
+    """The LR the Trainer logs at global step s is the one update s used: lr * m(s - 1)."""
+    return {step: LEARNING_RATE * schedule.factor(step - 1) for step in steps}
+
+
+def test_callback_follows_knee_over_max_steps_with_warmup(tmp_path):
+    args = make_args(tmp_path, max_steps=20, warmup_steps=4)
+    trainer, logged = run(args, TokenDataset(64), [KneeCallback(explore_ratio=0.5)])
+    schedule = KneeSchedule(total_steps=20, warmup_steps=4, explore_steps=10)
+    assert trainer.state.global_step == 20
+    assert logged == pytest.approx(expected(schedule, range(1, 21)), rel=1e-12, abs=1e-15)
+    assert trainer.lr_scheduler.get_last_lr() == [0.0, 0.0]
+
+
+def test_callback_sizes_the_budget_from_epochs_with_gradient_accumulation_and_warmup_ratio(tmp_path):
+    # 40 examples / batch 2 = 20 batches per epoch, accumulation 4 -> 5 updates per epoch, 3 epochs -> 15
+    args = make_args(
+        tmp_path, num_train_epochs=3, per_device_train_batch_size=2, gradient_accumulation_steps=4, warmup_steps=0.2
+    )
+    trainer, logged = run(args, TokenDataset(40), [KneeCallback(num_explore_steps=6, min_lr_ratio=0.1)])
+    assert trainer.state.max_steps == 15
+    schedule = KneeSchedule(total_steps=15, warmup_steps=3, explore_steps=6, min_lr_ratio=0.1)
+    assert logged == pytest.approx(expected(schedule, range(1, 16)), rel=1e-12)
+
+
+def test_resume_from_checkpoint_continues_the_trajectory_and_ends_at_max_steps(tmp_path):
+    dataset = TokenDataset(64)
+    full_args = make_args(tmp_path / "full", max_steps=16, warmup_steps=2)
+    _, uninterrupted = run(full_args, dataset, [KneeCallback(explore_ratio=0.5)])
+
+    args = make_args(tmp_path / "crash", max_steps=16, warmup_steps=2, save_strategy="steps", save_steps=100)
+    _, before = run(args, dataset, [KneeCallback(explore_ratio=0.5), StopAt(7)])
+    assert max(before) == 7
+    resumed_trainer, after = run(args, dataset, [KneeCallback(explore_ratio=0.5)], resume=str(tmp_path / "crash" / "checkpoint-7"))
+    assert resumed_trainer.state.global_step == 16
+    assert sorted(after) == list(range(8, 17))
+    assert {**before, **after} == uninterrupted
+
+
+def test_optimizers_route_without_the_callback(tmp_path):
+    model = tiny_model()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE)
+    scheduler = get_knee_schedule_with_warmup(optimizer, num_warmup_steps=3, num_training_steps=12, explore_ratio=0.5)
+    recorder = RecordLearningRates()
+    trainer = Trainer(
+        model=model, args=make_args(tmp_path, max_steps=12), train_dataset=TokenDataset(48),
+        optimizers=(optimizer, scheduler), callbacks=[recorder],
+    )
+    trainer.train()
+    assert recorder.by_step == pytest.approx(expected(KneeSchedule(12, 3, 6), range(1, 13)), rel=1e-12)
+
+
+def test_explore_longer_than_the_budget_fails_before_the_first_step(tmp_path):
+    trainer = Trainer(
+        model=tiny_model(), args=make_args(tmp_path, max_steps=10), train_dataset=TokenDataset(16),
+        callbacks=[KneeCallback(num_explore_steps=11)],
+    )
+    with pytest.raises(ValueError, match="exceeds total_steps"):
+        trainer.train()
+    assert trainer.state.global_step == 0
+
+
+def test_a_scheduler_the_callback_cannot_drive_is_refused(tmp_path):
+    model = tiny_model()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE)
+    trainer = Trainer(
+        model=model, args=make_args(tmp_path, max_steps=4), train_dataset=TokenDataset(16),
+        optimizers=(optimizer, torch.optim.lr_scheduler.StepLR(optimizer, step_size=2)), callbacks=[KneeCallback()],
+    )
+    with pytest.raises(ValueError, match="lr_scheduler_type"):
+        trainer.train()
+    assert trainer.state.global_step == 0
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [(dict(explore_ratio=1.5), "explore_ratio"), (dict(num_explore_steps=-2), "num_explore_steps"), (dict(min_lr_ratio=1), "min_lr_ratio")],
+)
+def test_callback_rejects_bad_arguments_at_construction(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        KneeCallback(**kwargs)
+
+
+def test_unknown_budget_is_refused(tmp_path):
+    callback = KneeCallback()
+    with pytest.raises(ValueError, match="budget"):
+        callback.on_train_begin(make_args(tmp_path, max_steps=3), TrainerState(max_steps=0), None, lr_scheduler=None)
