@@ -1,0 +1,22 @@
+"""knee_plugins' fairseq plugin: ``--lr-scheduler knee`` / ``one_cycle``, ``--optimizer radam``
+and a ``weights_only`` allow-list for fairseq checkpoints.
+
+Importing this package registers everything with fairseq. That happens by itself once
+knee_plugins is installed (``_knee_plugins_fairseq_hook``, loaded by a .pth file, imports it as
+soon as fairseq is imported), or through ``--user-dir <site-packages>/knee_plugins``.
+See docs/fairseq.md.
+"""
+
+import importlib
+
+if __name__ == "knee_plugins.fairseq_plugin":
+    from . import checkpoint_safety, cli_help, epoch_budget, knee_lr_scheduler  # noqa: F401
+    from . import one_cycle_lr_scheduler, radam  # noqa: F401
+
+    checkpoint_safety.allow_fairseq_checkpoint_globals()
+    epoch_budget.report_epoch_length_to_scheduler()
+    cli_help.show_plugin_options_in_help()
+else:
+    # ``--user-dir .../knee_plugins/fairseq_plugin`` imports this folder as a top-level module;
+    # register the package itself (once) instead of a second copy.
+    importlib.import_module("knee_plugins.fairseq_plugin")

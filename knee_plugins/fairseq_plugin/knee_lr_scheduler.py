@@ -1,0 +1,171 @@
+"""``--lr-scheduler knee``: the Knee (explore-exploit) schedule for fairseq.
+
+The math is :func:`knee_plugins.schedule.knee_factor`; this module only maps fairseq's options
+onto it. With seed LR ``--lr`` = ``η``, after ``t`` updates::
+
+    lr(t) = init + (η - init) · m(t)    during warmup (init = --warmup-init-lr, 0 by default)
+    lr(t) = η · m(t)                    afterwards, down to η · r at the end of the budget
+
+where ``m`` is the Knee multiplier over the budget ``T`` (``--total-num-update``, else
+``--max-update``, else ``--max-epoch`` × updates per epoch), warmup ``W`` (``--warmup-updates``),
+explore ``E`` (``--explore-updates`` | ``--explore-epochs`` | ``--explore-ratio`` × ``T``,
+default ``0.5 T``) and floor ``r`` (``--end-lr-ratio``, or ``--end-learning-rate`` / ``η``).
+"""
+
+
+import logging
+from dataclasses import dataclass, field
+from typing import Optional
+
+from fairseq.optim.lr_scheduler import register_lr_scheduler
+
+from ..schedule import KneeSchedule, resolve_steps
+from .epoch_budget import EpochAwareLRScheduler, EpochBudgetConfig
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_EXPLORE_RATIO = 0.5
+
+
+@dataclass
+class KneeLRScheduleConfig(EpochBudgetConfig):
+    warmup_updates: int = field(
+        default=0,
+        metadata={"help": "warm the LR up linearly over the first N updates (0: no warmup)"},
+    )
+    warmup_init_lr: float = field(
+        default=0.0,
+        metadata={"help": "LR at update 0 when warming up (the Knee schedule starts from 0)"},
+    )
+    explore_updates: Optional[int] = field(
+        default=None,
+        metadata={
+            "help": "explore (keep --lr constant) for N updates after warmup; give at most one "
+            "of --explore-updates, --explore-epochs, --explore-ratio"
+        },
+    )
+    explore_epochs: Optional[float] = field(
+        default=None,
+        metadata={
+            "help": "explore for N epochs (x updates per epoch, counted from the start of "
+            "training; warmup is part of them), e.g. 40 of --max-epoch 50"
+        },
+    )
+    explore_ratio: Optional[float] = field(
+        default=None,
+        metadata={
+            "help": "explore for this fraction of the total budget, in [0, 1] "
+            f"(default {DEFAULT_EXPLORE_RATIO}, the paper's setting that needs no tuning)"
+        },
+    )
+    end_learning_rate: Optional[float] = field(
+        default=None,
+        metadata={"help": "LR reached at the end of the budget (default 0, as in the paper)"},
+    )
+    end_lr_ratio: Optional[float] = field(
+        default=None,
+        metadata={"help": "LR reached at the end of the budget, as a fraction of --lr, in [0, 1)"},
+    )
+
+
+@register_lr_scheduler("knee", dataclass=KneeLRScheduleConfig)
+class KneeLRSchedule(EpochAwareLRScheduler):
+    """Warm up, explore at the seed LR ``--lr``, then decay linearly to the floor (the Knee)."""
+
+    def check_options(self) -> None:
+        cfg = self.cfg
+        given = {
+            name: value
+            for name, value in (
+                ("--explore-updates", cfg.explore_updates),
+                ("--explore-epochs", cfg.explore_epochs),
+                ("--explore-ratio", cfg.explore_ratio),
+            )
+            if value is not None
+        }
+        if len(given) > 1:
+            shown = ", ".join(f"{name} {value}" for name, value in given.items())
+            raise ValueError(
+                f"--lr-scheduler knee takes one of --explore-updates, --explore-epochs, "
+                f"--explore-ratio; got {shown}"
+            )
+        for name, value in given.items():
+            if value < 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
+        if cfg.explore_ratio is not None and not 0.0 <= cfg.explore_ratio <= 1.0:
+            raise ValueError(
+                f"--explore-ratio is a fraction of the budget and must be in [0, 1], got "
+                f"{cfg.explore_ratio}; use --explore-updates for a number of updates"
+            )
+        if cfg.warmup_updates < 0:
+            raise ValueError(f"--warmup-updates must be >= 0, got {cfg.warmup_updates}")
+        if cfg.end_learning_rate is not None and cfg.end_lr_ratio is not None:
+            raise ValueError(
+                "give --end-learning-rate (an LR) or --end-lr-ratio (a fraction of --lr), not both"
+            )
+        self.end_lr_ratio = self._floor_ratio()
+
+    def needs_epoch_length(self) -> bool:
+        return super().needs_epoch_length() or self.cfg.explore_epochs is not None
+
+    def _floor_ratio(self) -> float:
+        cfg = self.cfg
+        if cfg.end_lr_ratio is not None:
+            if not 0.0 <= cfg.end_lr_ratio < 1.0:
+                raise ValueError(f"--end-lr-ratio must be in [0, 1), got {cfg.end_lr_ratio}")
+            return float(cfg.end_lr_ratio)
+        end_lr = cfg.end_learning_rate or 0.0
+        if not 0.0 <= end_lr < self.peak_lr:
+            raise ValueError(
+                f"--end-learning-rate must be >= 0 and below --lr {self.peak_lr}, got {end_lr}"
+            )
+        return end_lr / self.peak_lr
+
+    def build_schedule(self) -> KneeSchedule:
+        cfg = self.cfg
+        total = self.total_updates()
+        warmup = int(cfg.warmup_updates)
+        if cfg.explore_updates is not None:
+            explore, source = int(cfg.explore_updates), f"--explore-updates {cfg.explore_updates}"
+        elif cfg.explore_epochs is not None:
+            # Explore epochs count from the start of training (the paper: "explore till epoch 40").
+            explore = self.epochs_to_updates(cfg.explore_epochs, "--explore-epochs") - warmup
+            source = (
+                f"--explore-epochs {cfg.explore_epochs} x {self.updates_per_epoch} updates per "
+                f"epoch - --warmup-updates {warmup}"
+            )
+            if explore < 0:
+                raise ValueError(
+                    f"--explore-epochs {cfg.explore_epochs} ({explore + warmup} updates) is shorter "
+                    f"than --warmup-updates {warmup}; the explore phase would be negative"
+                )
+        else:
+            ratio = DEFAULT_EXPLORE_RATIO if cfg.explore_ratio is None else cfg.explore_ratio
+            explore = resolve_steps(float(ratio), name="--explore-ratio", total_steps=total)
+            source = f"--explore-ratio {ratio} x {total}"
+        try:
+            schedule = KneeSchedule(total, warmup, explore, self.end_lr_ratio)
+        except ValueError as exc:
+            raise ValueError(
+                f"--lr-scheduler knee: warmup {warmup} + explore {explore} updates ({source}) "
+                f"exceed the budget of {total} updates ({self.budget_description()}); shorten "
+                f"--warmup-updates or the explore option, or raise the budget [{exc}]"
+            ) from None
+        logger.info(
+            "Knee schedule: %d updates (%s): warmup %d, explore %d (%s), decay %d to %g x lr",
+            total,
+            self.budget_description(),
+            schedule.warmup_steps,
+            schedule.explore_steps,
+            source,
+            schedule.decay_steps,
+            schedule.min_lr_ratio,
+        )
+        return schedule
+
+    def lr_at(self, num_updates: int) -> float:
+        factor = self.schedule.factor(num_updates)
+        if self.schedule.phase(num_updates) == "warmup":
+            init = self.cfg.warmup_init_lr
+            return init + (self.peak_lr - init) * factor
+        return self.peak_lr * factor
