@@ -9,16 +9,23 @@ global in a checkpoint is still refused.
 
 from __future__ import annotations
 
-import logging
+import argparse
+from typing import List
 
 import torch
 
-logger = logging.getLogger(__name__)
 
+def fairseq_checkpoint_globals() -> List[type]:
+    """The types, besides tensors and plain containers, that fairseq 0.12 checkpoints hold.
 
-def fairseq_checkpoint_globals() -> list:
-    """The non-tensor types found in checkpoints written by fairseq-train (0.12)."""
-    return []
+    fairseq stores its config as plain containers (``OmegaConf.to_container``), except the model
+    options, which the argparse entry points (fairseq-train) keep as an ``argparse.Namespace``;
+    legacy checkpoints store all options as ``args``, also a Namespace. Found with
+    ``torch.serialization.get_unsafe_globals_in_checkpoint`` on checkpoints of fairseq-train and
+    fairseq-hydra-train runs (adam, radam; knee, one_cycle, inverse_sqrt; with validation).
+    Unpickling a Namespace only sets attributes; it runs no code.
+    """
+    return [argparse.Namespace]
 
 
 def allow_fairseq_checkpoint_globals() -> None:
