@@ -10,12 +10,13 @@ See docs/fairseq.md.
 import importlib
 
 if __name__ == "knee_plugins.fairseq_plugin":
-    from . import checkpoint_safety, cli_help, epoch_budget, knee_lr_scheduler  # noqa: F401
-    from . import one_cycle_lr_scheduler, radam  # noqa: F401
+    from . import checkpoint_safety, cli_help, distributed, epoch_budget  # noqa: F401
+    from . import knee_lr_scheduler, one_cycle_lr_scheduler, radam  # noqa: F401
 
     checkpoint_safety.allow_fairseq_checkpoint_globals()
     epoch_budget.report_epoch_length_to_scheduler()
     cli_help.show_plugin_options_in_help()
+    distributed.allow_cpu_torchrun()
 else:
     # ``--user-dir .../knee_plugins/fairseq_plugin`` imports this folder as a top-level module;
     # register the package itself (once) instead of a second copy.
