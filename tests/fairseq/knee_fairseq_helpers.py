@@ -53,8 +53,9 @@ def train_records(output: str) -> list[dict]:
     """The ``train_inner`` JSON records of a ``--log-format json --log-interval 1`` run."""
     records = []
     for line in output.splitlines():
-        if "| train_inner |" in line:
-            records.append(json.loads(line.split("| train_inner | ", 1)[1]))
+        for marker in ("| train_inner | ", "[train_inner][INFO] - "):  # argparse / hydra logs
+            if marker in line:
+                records.append(json.loads(line.split(marker, 1)[1]))
     return records
 
 

@@ -6,7 +6,8 @@ import sys
 
 import pytest
 
-from knee_fairseq_helpers import clean_env, logged_lrs, run_cli
+from knee_plugins.schedule import knee_factor
+from knee_fairseq_helpers import as_logged, clean_env, logged_lrs, run_cli, updates_in_epoch
 
 NO_HOOK = {"KNEE_PLUGINS_NO_AUTOREGISTER": "1"}
 
@@ -71,3 +72,35 @@ def test_user_dir_may_point_at_the_plugin_folder(knee_plugins_dir):
     out = run_cli("fairseq-train", "--user-dir", knee_plugins_dir / "fairseq_plugin", "--help",
                   env=clean_env(**NO_HOOK)).stdout  # fmt: skip
     assert "knee" in choices(out, "--lr-scheduler")
+
+
+HYDRA_CONFIG = """\
+# @package _group_
+common: {{cpu: true, log_format: json, log_interval: 1, seed: 1}}
+task: {{_name: translation, data: {data}}}
+model:
+  _name: transformer
+  encoder: {{embed_dim: 16, ffn_embed_dim: 32, layers: 1, attention_heads: 2}}
+  decoder: {{embed_dim: 16, ffn_embed_dim: 32, layers: 1, attention_heads: 2}}
+  share_all_embeddings: true
+criterion: {{_name: cross_entropy}}
+optimizer: {{_name: radam, weight_decay: 0.0001}}
+lr_scheduler: {{_name: knee, explore_epochs: 1, warmup_updates: 2}}
+optimization: {{max_epoch: 2, lr: [0.001]}}
+dataset: {{max_tokens: 300, num_workers: 0, disable_validation: true}}
+checkpoint: {{save_dir: {save_dir}, no_epoch_checkpoints: true}}
+"""
+
+
+@pytest.mark.slow
+def test_fairseq_hydra_train_with_a_knee_yaml(data_bin, tmp_path):
+    (tmp_path / "knee.yaml").write_text(HYDRA_CONFIG.format(data=data_bin, save_dir=tmp_path / "ckpt"))
+    out = run_cli("fairseq-hydra-train", "--config-dir", tmp_path, "--config-name", "knee",
+                  f"hydra.run.dir={tmp_path / 'hydra'}").stdout  # fmt: skip
+    per_epoch = updates_in_epoch(out, 1)
+    lrs = logged_lrs(out)
+    assert sorted(lrs) == list(range(1, 2 * per_epoch + 1))
+    for step, lr in lrs.items():
+        factor = knee_factor(step, total_steps=2 * per_epoch, warmup_steps=2,
+                             explore_steps=per_epoch - 2)  # fmt: skip
+        assert lr == as_logged(1e-3 * factor)
