@@ -1,0 +1,94 @@
+"""The translation demo's outputs: one table (mean ± std over seeds) and PNG plots of the LR
+curves, the valid loss and the BLEU of every schedule, all read from fairseq's own logs."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections import defaultdict
+from dataclasses import asdict
+from pathlib import Path
+from typing import Sequence
+
+from .translation import RunResult
+
+
+def _by_label(results: Sequence[RunResult]) -> dict[str, list[RunResult]]:
+    groups: dict[str, list[RunResult]] = defaultdict(list)
+    for result in results:
+        groups[result.label].append(result)
+    return groups
+
+
+def _mean_std(values: Sequence[float | None], digits: int) -> str:
+    present = [v for v in values if v is not None]
+    if not present:
+        return "-"
+    if len(present) == 1:
+        return f"{present[0]:.{digits}f}"
+    return f"{statistics.mean(present):.{digits}f} ± {statistics.stdev(present):.{digits}f}"
+
+
+def format_table(results: Sequence[RunResult]) -> str:
+    """A Markdown table, one row per schedule: test BLEU (tokenised, detokenised), best valid loss
+    and ppl, updates, wall time; mean ± std when there are several seeds."""
+    header = ("schedule", "seeds", "BLEU tok", "BLEU detok", "valid loss", "valid ppl", "updates", "wall s")
+    rows = [header, tuple("---" for _ in header)]
+    for label, group in _by_label(results).items():
+        rows.append((
+            label, str(len(group)),
+            _mean_std([r.bleu_tokenized for r in group], 2), _mean_std([r.bleu_detokenized for r in group], 2),
+            _mean_std([r.best_valid_loss for r in group], 3), _mean_std([r.best_valid_ppl for r in group], 2),
+            _mean_std([r.updates for r in group], 0), _mean_std([r.wall_seconds for r in group], 0),
+        ))
+    return "\n".join("| " + " | ".join(row) + " |" for row in rows)
+
+
+def write_plots(results: Sequence[RunResult], out_dir: Path) -> list[Path]:
+    """Write ``lr_curves.png``, ``valid_loss.png`` and ``bleu.png`` (first seed's curves)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    groups = _by_label(results)
+    paths = []
+
+    for name, curve_of, ylabel in (("lr_curves.png", lambda r: r.lr_curve, "learning rate"),
+                                   ("valid_loss.png", lambda r: r.valid_curve, "valid loss (label-smoothed)")):
+        figure, axes = plt.subplots(figsize=(7, 4.5))
+        for label, group in groups.items():
+            curve = curve_of(group[0])
+            axes.plot([u for u, _ in curve], [v for _, v in curve], label=label,
+                      marker="o" if name == "valid_loss.png" else None, markersize=3)
+        axes.set_xlabel("updates")
+        axes.set_ylabel(ylabel)
+        axes.set_title(f"{ylabel} per schedule (seed {min(r.seed for r in results)})")
+        axes.legend()
+        axes.grid(alpha=0.3)
+        figure.tight_layout()
+        figure.savefig(out_dir / name, dpi=120)
+        plt.close(figure)
+        paths.append(out_dir / name)
+
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    labels = list(groups)
+    means, errors = [], []
+    for label in labels:
+        values = [r.bleu_tokenized if r.bleu_tokenized is not None else float("nan") for r in groups[label]]
+        means.append(statistics.mean(values))
+        errors.append(statistics.stdev(values) if len(values) > 1 else 0.0)
+    axes.bar(labels, means, yerr=errors, capsize=4, color="tab:blue")
+    axes.set_ylabel("test BLEU (tokenised)")
+    axes.set_title("BLEU of the best-valid checkpoint")
+    axes.tick_params(axis="x", rotation=20)
+    figure.tight_layout()
+    figure.savefig(out_dir / "bleu.png", dpi=120)
+    plt.close(figure)
+    paths.append(out_dir / "bleu.png")
+    return paths
+
+
+def write_results_json(results: Sequence[RunResult], path: Path) -> None:
+    path.write_text(json.dumps([asdict(r) for r in results], indent=1) + "\n", encoding="utf-8")
