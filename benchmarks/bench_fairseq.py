@@ -82,19 +82,20 @@ def bench_startup(runs: int) -> None:
             venvs[name] = venv / "bin" / "python"
         site = subprocess.run([str(venvs["with"]), "-c", "import site; print(site.getsitepackages()[0])"],
                               check=True, text=True, stdout=subprocess.PIPE).stdout.strip()  # fmt: skip
-        shutil.copy(hook.__file__, site)
+        copied = shutil.copy(hook.__file__, site)
+        subprocess.run([str(venvs["with"]), "-m", "py_compile", copied], check=True)  # as pip does
         Path(site, "knee_plugins_fairseq.pth").write_text("import _knee_plugins_fairseq_hook\n")
         samples = {name: [] for name in venvs}
         for _ in range(runs):  # interleaved
             for name, python in venvs.items():
                 samples[name] += time_command([str(python), "-c", "pass"], env, 1)
+        out = subprocess.run([str(venvs["with"]), "-X", "importtime", "-c", "pass"], env=env,
+                             text=True, stderr=subprocess.PIPE, check=True).stderr  # fmt: skip
     for name, values in samples.items():
         print(f"  python -c pass, {name:7s} the .pth: median {statistics.median(values) * 1e3:.1f} ms"
               f" (min {min(values) * 1e3:.1f} ms, {runs} runs)")  # fmt: skip
     delta = statistics.median(samples["with"]) - statistics.median(samples["without"])
     print(f"  difference of the medians: {delta * 1e3:+.2f} ms")
-    out = subprocess.run([sys.executable, "-X", "importtime", "-c", "pass"], env=env, text=True,
-                         stderr=subprocess.PIPE, check=True).stderr  # fmt: skip
     for line in out.splitlines():
         if "_knee_plugins_fairseq_hook" in line:
             print(f"  -X importtime of the hook (self us | cumulative us): {line.split(':', 1)[1].strip()}")
@@ -112,13 +113,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of training runs")
     parser.add_argument("--updates", type=int, default=150, help="updates per training run")
     parser.add_argument("--startup-runs", type=int, default=30, help="start-ups timed per variant")
+    parser.add_argument("--skip-training", action="store_true", help="only the start-up figures")
     args = parser.parse_args()
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, text=True,
                             stdout=subprocess.PIPE).stdout.strip()  # fmt: skip
     print(f"knee_plugins fairseq benchmark: commit {commit}, {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPUs, Python {platform.python_version()}, {BIN}")  # fmt: skip
-    print("training speed (tiny transformer, CPU):")
-    bench_training(args.rounds, args.updates)
+    if not args.skip_training:
+        print("training speed (tiny transformer, CPU):")
+        bench_training(args.rounds, args.updates)
     print("start-up:")
     bench_startup(args.startup_runs)
 
