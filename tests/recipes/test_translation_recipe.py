@@ -1,0 +1,115 @@
+"""The recipes' fairseq-train commands carry the paper's settings (shared README §2)."""
+
+from __future__ import annotations
+
+import ast
+import shlex
+
+import pytest
+
+from knee_plugins.recipes import translation
+
+# task -> budget -> (epochs, explore epochs); shared settings below (the paper's table).
+PAPER = {
+    "iwslt14": {"arch": "transformer_iwslt_de_en", "dropout": 0.3, "tokens": 4096,
+                "epochs": {"full": 50, "short": 35}, "explore": {"full": 40, "short": 30}},
+    "wmt14": {"arch": "transformer", "dropout": 0.1, "tokens": 30000,
+              "epochs": {"full": 70, "short": 30}, "explore": {"full": 50, "short": 25}},
+}
+UPDATES_PER_EPOCH = 1234
+
+
+def dry_run(capsys, *argv: str) -> list[dict[str, list[str]]]:
+    assert translation.main(["--dry-run", "--updates-per-epoch", str(UPDATES_PER_EPOCH), *argv]) == 0
+    commands = []
+    for line in capsys.readouterr().out.splitlines():
+        tokens = shlex.split(line)
+        assert tokens[0].endswith("fairseq-train")
+        options: dict[str, list[str]] = {}
+        key = None
+        for token in tokens[2:]:
+            if token.startswith("--"):
+                key = token
+                options[key] = []
+            else:
+                options[key].append(token)
+        commands.append(options)
+    return commands
+
+
+def value(options: dict[str, list[str]], flag: str) -> str:
+    assert flag in options, f"{flag} missing"
+    return options[flag][0]
+
+
+@pytest.mark.parametrize("task", sorted(PAPER))
+@pytest.mark.parametrize("world_size", [1, 8])
+def test_shared_settings_and_batch(capsys, task, world_size):
+    paper = PAPER[task]
+    commands = dry_run(capsys, "--task", task, "--schedule", *translation.SCHEDULES, "--budget", "full", "short",
+                       "--world-size", str(world_size))
+    assert len(commands) == len(translation.SCHEDULES) * 2
+    for options in commands:
+        assert value(options, "--arch") == paper["arch"]
+        assert value(options, "--optimizer") == "radam"
+        assert ast.literal_eval(value(options, "--radam-betas")) == (0.9, 0.999)
+        assert float(value(options, "--weight-decay")) == 1e-4
+        assert float(value(options, "--clip-norm")) == 25
+        assert float(value(options, "--dropout")) == paper["dropout"]
+        assert value(options, "--criterion") == "label_smoothed_cross_entropy"
+        assert float(value(options, "--label-smoothing")) == 0.1
+        tokens = int(value(options, "--max-tokens")) * int(value(options, "--update-freq")) * world_size
+        assert abs(tokens - paper["tokens"]) <= world_size
+        assert value(options, "--best-checkpoint-metric") == "loss"
+
+
+@pytest.mark.parametrize("task", sorted(PAPER))
+@pytest.mark.parametrize("budget", ["full", "short"])
+def test_schedules_and_budgets(capsys, task, budget):
+    paper = PAPER[task]
+    epochs = paper["epochs"][budget]
+    commands = dry_run(capsys, "--task", task, "--schedule", *translation.SCHEDULES, "--budget", budget)
+    by_schedule = dict(zip(translation.SCHEDULES, commands))
+    for options in commands:
+        assert int(value(options, "--max-epoch")) == epochs
+    knee = by_schedule["knee"]
+    assert value(knee, "--lr-scheduler") == "knee" and float(value(knee, "--lr")) == 3e-4
+    assert int(value(knee, "--warmup-updates")) == 0
+    assert float(value(knee, "--explore-epochs")) == paper["explore"][budget]
+    linear = by_schedule["linear"]
+    assert value(linear, "--lr-scheduler") == "polynomial_decay" and float(value(linear, "--power")) == 1
+    assert float(value(linear, "--end-learning-rate")) == 0 and float(value(linear, "--lr")) == 3e-4
+    assert int(value(linear, "--total-num-update")) == epochs * UPDATES_PER_EPOCH
+    cosine = by_schedule["cosine"]
+    assert value(cosine, "--lr-scheduler") == "cosine" and float(value(cosine, "--lr")) == 3e-4
+    assert int(value(cosine, "--max-update")) == epochs * UPDATES_PER_EPOCH
+    one_cycle = by_schedule["one_cycle"]
+    assert value(one_cycle, "--lr-scheduler") == "one_cycle" and float(value(one_cycle, "--lr")) == 2.5e-4
+    assert value(by_schedule["inverse_sqrt"], "--lr-scheduler") == "inverse_sqrt"
+
+
+def test_demo_default_runs_the_paper_comparison(capsys):
+    commands = dry_run(capsys, "--task", "demo")
+    schedulers = [value(c, "--lr-scheduler") for c in commands]
+    assert schedulers == ["knee", "polynomial_decay", "cosine", "inverse_sqrt", "one_cycle", "knee"]
+    budgets = [int(value(c, "--max-update")) for c in commands]
+    assert budgets[:5] == [budgets[0]] * 5 and budgets[5] == round(0.65 * budgets[0])
+    assert {value(c, "--seed") for c in commands} == {"1"}
+    assert {value(c, "--max-tokens") for c in commands} == {"1024"}
+
+
+def test_plan_batches_keeps_tokens_per_update():
+    assert translation.plan_batches(30000, 3750, 1) == translation.BatchPlan(1, 3750, 8)
+    assert translation.plan_batches(30000, 3750, 4) == translation.BatchPlan(4, 3750, 2)
+    assert translation.plan_batches(4096, 4096, 2) == translation.BatchPlan(2, 2048, 1)
+    with pytest.raises(ValueError, match="--world-size"):
+        translation.plan_batches(4096, 4096, 0)
+
+
+def test_bad_flags_are_named(capsys):
+    with pytest.raises(SystemExit):
+        translation.parse_args(["--task", "iwslt14", "--max-updates", "10"])
+    assert "--max-updates" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        translation.parse_args(["--seeds", "0"])
+    assert "--seeds" in capsys.readouterr().err
