@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict
 from functools import partial
 from typing import Any
 
@@ -24,13 +25,8 @@ logger = logging.getLogger(__name__)
 
 
 def _knee_lr_lambda(schedule: KneeSchedule) -> partial:
-    return partial(
-        knee_factor,
-        total_steps=schedule.total_steps,
-        warmup_steps=schedule.warmup_steps,
-        explore_steps=schedule.explore_steps,
-        min_lr_ratio=schedule.min_lr_ratio,
-    )
+    """A picklable ``step -> multiplier`` for ``LambdaLR``: the schedule's fields are knee_factor's keywords."""
+    return partial(knee_factor, **asdict(schedule))
 
 
 def get_knee_schedule_with_warmup(
