@@ -27,6 +27,7 @@ import logging
 import math
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -72,6 +73,7 @@ class TaskRecipe:
     beam: int = 5
     model_args: tuple[str, ...] = ()
     extra_args: tuple[str, ...] = ()
+    generate_args: tuple[str, ...] = ()
 
 
 TASKS: dict[str, TaskRecipe] = {
@@ -96,8 +98,10 @@ TASKS: dict[str, TaskRecipe] = {
                     "--decoder-embed-dim", "128", "--encoder-ffn-embed-dim", "512",
                     "--decoder-ffn-embed-dim", "512", "--encoder-attention-heads", "4",
                     "--decoder-attention-heads", "4", "--share-all-embeddings"),
-        extra_args=("--save-interval-updates", "50", "--keep-interval-updates", "1",
-                    "--no-epoch-checkpoints", "--no-last-checkpoints", "--num-workers", "0"),
+        extra_args=("--save-interval-updates", "100", "--keep-interval-updates", "1",
+                    "--no-epoch-checkpoints", "--no-last-checkpoints", "--num-workers", "0",
+                    "--required-batch-size-multiple", "1"),
+        generate_args=("--max-len-a", "1.2", "--max-len-b", "10"),
     ),
 }
 
@@ -202,10 +206,13 @@ def train_command(run: RunConfig) -> list[str]:
 
 
 def generate_command(run: RunConfig, checkpoint: Path) -> list[str]:
+    """The ``fairseq-generate`` command scoring ``checkpoint`` on the whole test split (fairseq
+    0.12 drops the last sentences when the batch size must be a multiple of 8, hence ``1``)."""
     return prepare.fairseq_command("generate") + [
         str(run.data_bin), "--path", str(checkpoint), "--gen-subset", "test",
         "--source-lang", run.recipe.spec.source_lang, "--target-lang", run.recipe.spec.target_lang,
-        "--beam", str(run.recipe.beam), "--batch-size", "128", "--remove-bpe", *(["--cpu"] if run.cpu else []),
+        "--beam", str(run.recipe.beam), "--batch-size", "128", "--required-batch-size-multiple", "1",
+        "--remove-bpe", *run.recipe.generate_args, *(["--cpu"] if run.cpu else []),
     ]
 
 
@@ -412,8 +419,16 @@ def prepare_data(args: argparse.Namespace, recipe: TaskRecipe, work_dir: Path) -
     data_dir = work_dir / "prepared"
     data_bin = data_dir / "data-bin"
     raw_test = data_dir / f"raw-test.{recipe.spec.target_lang}"
-    if (data_bin / f"dict.{recipe.spec.target_lang}.txt").exists() and raw_test.exists():
+    stamp_path = data_dir / "prepared.json"
+    stamp = {"task": args.task, "spec": repr(recipe.spec), "train_pairs": args.train_pairs,
+             "heldout_pairs": args.heldout_pairs}
+    if (stamp_path.exists() and json.loads(stamp_path.read_text(encoding="utf-8")) == stamp
+            and (data_bin / f"dict.{recipe.spec.target_lang}.txt").exists() and raw_test.exists()):
+        logger.info("reusing the prepared data in %s", data_dir)
         return data_bin, prepare.read_lines(raw_test)
+    for stale in (data_bin, data_dir / "text"):
+        if stale.exists():
+            shutil.rmtree(stale)
     if args.task == "demo":
         raw = prepare.read_embedded_corpus(REPO_DATA, args.train_pairs, args.heldout_pairs)
     else:
@@ -424,6 +439,7 @@ def prepare_data(args: argparse.Namespace, recipe: TaskRecipe, work_dir: Path) -
             raw = prepare.read_wmt14(prepare.download_wmt14(orig))
     prepare.prepare(raw, recipe.spec, data_dir)
     prepare.write_lines(raw_test, raw["test"][1])
+    stamp_path.write_text(json.dumps(stamp) + "\n", encoding="utf-8")
     return data_bin, raw["test"][1]
 
 
@@ -461,13 +477,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     from . import report
 
     results = []
-    for run in runs:
+    for index, run in enumerate(runs, 1):
+        logger.info("run %d/%d: %s, seed %d", index, len(runs), run.label, run.seed)
         result = run_training(run)
         if not args.skip_generate:
+            start = time.monotonic()
             result.bleu_tokenized, result.bleu_detokenized = run_generation(run, raw_test)
+            logger.info("generated %d test translations in %.0f s", len(raw_test), time.monotonic() - start)
         results.append(result)
-        logger.info("%s seed %d: valid loss %.3f, BLEU %s", result.label, result.seed, result.best_valid_loss,
-                    "skipped" if result.bleu_tokenized is None else f"{result.bleu_tokenized:.2f}")
+        logger.info("%s seed %d: valid loss %.3f, BLEU %s, %.0f s training", result.label, result.seed,
+                    result.best_valid_loss,
+                    "skipped" if result.bleu_tokenized is None else f"{result.bleu_tokenized:.2f}",
+                    result.wall_seconds)
     print(report.format_table(results))
     for path in report.write_plots(results, work_dir):
         print(f"wrote {path}")
