@@ -22,6 +22,7 @@ $(which fairseq-train) <printed arguments> --distributed-no-spawn``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -368,6 +369,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="demo only: use the first N training pairs of the corpus")
     parser.add_argument("--heldout-pairs", type=int, default=None,
                         help="demo only: use the first N pairs of valid and of test")
+    parser.add_argument("--bpe-symbols", type=int, default=None,
+                        help="demo only: joint BPE merges (default: 8000)")
     parser.add_argument("--cpu", action="store_true", help="train on CPU (default when there is no GPU)")
     parser.add_argument("--dry-run", action="store_true", help="print the fairseq-train commands and exit")
     parser.add_argument("--skip-generate", action="store_true", help="do not score the checkpoints on test")
@@ -377,8 +380,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.seeds < 1:
         parser.error(f"--seeds must be >= 1, got {args.seeds}")
     if args.task != "demo" and (
-            args.max_updates is not None or args.train_pairs is not None or args.heldout_pairs is not None):
-        parser.error("--max-updates, --train-pairs and --heldout-pairs apply to --task demo only")
+            args.max_updates is not None or args.train_pairs is not None or args.heldout_pairs is not None
+            or args.bpe_symbols is not None):
+        parser.error("--max-updates, --train-pairs, --heldout-pairs and --bpe-symbols apply to --task demo only")
     if args.max_updates is not None and args.max_updates < 2:
         parser.error(f"--max-updates must be >= 2, got {args.max_updates}")
     return args
@@ -392,6 +396,8 @@ def selected_runs(args: argparse.Namespace) -> list[tuple[str, str]]:
 
 def recipe_for(args: argparse.Namespace) -> TaskRecipe:
     recipe = TASKS[args.task]
+    if args.bpe_symbols is not None:
+        recipe = dataclasses.replace(recipe, spec=dataclasses.replace(recipe.spec, bpe_symbols=args.bpe_symbols))
     if args.max_updates is not None:
         full = args.max_updates
         short = max(1, round(0.65 * full))
