@@ -94,7 +94,7 @@ TASKS: dict[str, TaskRecipe] = {
         "demo", prepare.DEMO_SPEC, arch="transformer", dropout=0.1,
         tokens_per_update=1024, max_tokens_per_gpu=1024,
         budget={"full": 700, "short": 455}, explore={"full": 0.5, "short": 0.5}, budget_unit="updates",
-        lr=1.5e-3, one_cycle_max_lr=1.5e-3, inverse_sqrt_warmup=70, beam=4,
+        lr=5e-3, one_cycle_max_lr=5e-3, inverse_sqrt_warmup=70, beam=4,
         model_args=("--encoder-layers", "2", "--decoder-layers", "2", "--encoder-embed-dim", "128",
                     "--decoder-embed-dim", "128", "--encoder-ffn-embed-dim", "512",
                     "--decoder-ffn-embed-dim", "512", "--encoder-attention-heads", "4",
@@ -491,6 +491,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             result.bleu_tokenized, result.bleu_detokenized = run_generation(run, raw_test)
             logger.info("generated %d test translations in %.0f s", len(raw_test), time.monotonic() - start)
         results.append(result)
+        report.write_results_json(results, work_dir / "results.json")
         logger.info("%s seed %d: valid loss %.3f, BLEU %s, %.0f s training", result.label, result.seed,
                     result.best_valid_loss,
                     "skipped" if result.bleu_tokenized is None else f"{result.bleu_tokenized:.2f}",
@@ -498,7 +499,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(report.format_table(results))
     for path in report.write_plots(results, work_dir):
         print(f"wrote {path}")
-    report.write_results_json(results, work_dir / "results.json")
     return 0
 
 
