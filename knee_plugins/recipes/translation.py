@@ -93,13 +93,13 @@ TASKS: dict[str, TaskRecipe] = {
     "demo": TaskRecipe(
         "demo", prepare.DEMO_SPEC, arch="transformer", dropout=0.1,
         tokens_per_update=1024, max_tokens_per_gpu=1024,
-        budget={"full": 700, "short": 455}, explore={"full": 0.5, "short": 0.5}, budget_unit="updates",
-        lr=5e-3, one_cycle_max_lr=5e-3, inverse_sqrt_warmup=70, beam=4,
+        budget={"full": 400, "short": 260}, explore={"full": 0.5, "short": 0.5}, budget_unit="updates",
+        lr=1e-2, one_cycle_max_lr=1e-2, inverse_sqrt_warmup=40, beam=4,
         model_args=("--encoder-layers", "2", "--decoder-layers", "2", "--encoder-embed-dim", "128",
                     "--decoder-embed-dim", "128", "--encoder-ffn-embed-dim", "512",
                     "--decoder-ffn-embed-dim", "512", "--encoder-attention-heads", "4",
                     "--decoder-attention-heads", "4", "--share-all-embeddings"),
-        extra_args=("--save-interval-updates", "100", "--keep-interval-updates", "1",
+        extra_args=("--save-interval-updates", "80", "--keep-interval-updates", "1",
                     "--no-epoch-checkpoints", "--no-last-checkpoints", "--num-workers", "0",
                     "--required-batch-size-multiple", "1"),
         generate_args=("--max-len-a", "1.2", "--max-len-b", "10"),
@@ -402,7 +402,7 @@ def recipe_for(args: argparse.Namespace) -> TaskRecipe:
         full = args.max_updates
         short = max(1, round(0.65 * full))
         warmup = max(1, round(0.1 * full))
-        interval = str(max(1, full // 7))
+        interval = str(max(1, full // 5))
         extra = list(recipe.extra_args)
         extra[extra.index("--save-interval-updates") + 1] = interval
         recipe = TaskRecipe(**{**recipe.__dict__, "budget": {"full": full, "short": short},

@@ -96,6 +96,7 @@ def test_demo_default_runs_the_paper_comparison(capsys):
     assert budgets[:5] == [budgets[0]] * 5 and budgets[5] == round(0.65 * budgets[0])
     assert {value(c, "--seed") for c in commands} == {"1"}
     assert {value(c, "--max-tokens") for c in commands} == {"1024"}
+    assert {float(value(c, "--lr")) for c in commands} == {translation.TASKS["demo"].lr}
 
 
 def test_plan_batches_keeps_tokens_per_update():
