@@ -4,6 +4,7 @@ curves, the valid loss and the BLEU of every schedule, all read from fairseq's o
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from collections import defaultdict
 from dataclasses import asdict
@@ -57,11 +58,12 @@ def write_plots(results: Sequence[RunResult], out_dir: Path) -> list[Path]:
 
     for name, curve_of, ylabel in (("lr_curves.png", lambda r: r.lr_curve, "learning rate"),
                                    ("valid_loss.png", lambda r: r.valid_curve, "valid loss (label-smoothed)")):
-        figure, axes = plt.subplots(figsize=(7, 4.5))
+        figure, axes = plt.subplots(figsize=(8, 4.8))
         for label, group in groups.items():
             curve = curve_of(group[0])
             axes.plot([u for u, _ in curve], [v for _, v in curve], label=label,
-                      marker="o" if name == "valid_loss.png" else None, markersize=3)
+                      linestyle="--" if "(" in label else "-", linewidth=1.6,
+                      marker="o" if name == "valid_loss.png" else None, markersize=4)
         axes.set_xlabel("updates")
         axes.set_ylabel(ylabel)
         axes.set_title(f"{ylabel} per schedule (seed {min(r.seed for r in results)})")
@@ -72,16 +74,19 @@ def write_plots(results: Sequence[RunResult], out_dir: Path) -> list[Path]:
         plt.close(figure)
         paths.append(out_dir / name)
 
-    figure, axes = plt.subplots(figsize=(7, 4.5))
+    figure, axes = plt.subplots(figsize=(8, 4.8))
     labels = list(groups)
     means, errors = [], []
     for label in labels:
         values = [r.bleu_tokenized if r.bleu_tokenized is not None else float("nan") for r in groups[label]]
         means.append(statistics.mean(values))
         errors.append(statistics.stdev(values) if len(values) > 1 else 0.0)
-    axes.bar(labels, means, yerr=errors, capsize=4, color="tab:blue")
+    bars = axes.bar(labels, means, yerr=errors, capsize=4, color="tab:blue")
+    axes.bar_label(bars, labels=[f"{m:.2f}" for m in means], padding=3)
     axes.set_ylabel("test BLEU (tokenised)")
-    axes.set_title("BLEU of the best-valid checkpoint")
+    seeds = max(len(group) for group in groups.values())
+    axes.set_title(f"test BLEU of the best-valid checkpoint (mean ± std over {seeds} seed{'s' * (seeds > 1)})")
+    axes.set_ylim(0, max([m + e for m, e in zip(means, errors) if not math.isnan(m)] + [1.0]) * 1.15)
     axes.tick_params(axis="x", rotation=20)
     figure.tight_layout()
     figure.savefig(out_dir / "bleu.png", dpi=120)
@@ -92,3 +97,28 @@ def write_plots(results: Sequence[RunResult], out_dir: Path) -> list[Path]:
 
 def write_results_json(results: Sequence[RunResult], path: Path) -> None:
     path.write_text(json.dumps([asdict(r) for r in results], indent=1) + "\n", encoding="utf-8")
+
+
+def read_results_json(path: Path) -> list[RunResult]:
+    """The runs :func:`write_results_json` wrote (curves back as lists of pairs)."""
+    return [RunResult(**{**record, "lr_curve": [tuple(p) for p in record["lr_curve"]],
+                         "valid_curve": [tuple(p) for p in record["valid_curve"]]})
+            for record in json.loads(path.read_text(encoding="utf-8"))]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m knee_plugins.recipes.report WORK_DIR``: the table and plots again from results.json."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m knee_plugins.recipes.report", description=main.__doc__)
+    parser.add_argument("work_dir", type=Path, help="a demo's --work-dir (holds results.json)")
+    args = parser.parse_args(argv)
+    results = read_results_json(args.work_dir / "results.json")
+    print(format_table(results))
+    for path in write_plots(results, args.work_dir):
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
