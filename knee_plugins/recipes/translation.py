@@ -13,6 +13,12 @@ update, 50/35 epochs with explore 40/30; WMT'14 dropout 0.1, ~30k tokens per upd
 epochs with explore 50/25. The tokens per update are kept whatever the number of GPUs: the
 per-GPU ``--max-tokens`` and ``--update-freq`` are derived from ``--world-size``.
 
+The demo trains a 2-layer, 128-wide Transformer (1024 tokens per update, dropout 0.1) for 400
+updates (Knee short: 260, 65%) at one peak LR, 1e-2, for every schedule (one-cycle's max LR too),
+chosen by a 300-update sweep; on 2 CPU cores (~3.5 updates/s) the six runs train in ~10 minutes
+and each test evaluation (1943 sentences, beam 4) takes ~25 s. The prepared data is cached in
+``<work-dir>/prepared`` and reused while the corpus selection is unchanged.
+
 Multi-node: compute the command for the whole world size and start it on every node, e.g. for
 2 nodes of 8 GPUs ``--world-size 16 --dry-run``, then on each node
 ``torchrun --nnodes 2 --nproc-per-node 8 --node-rank $RANK --master-addr $HOST --master-port 29500
