@@ -1,5 +1,6 @@
 # Everything a new user needs, from nothing but Python 3.11 and the package registries:
-#   make demo   the main job (trains Knee against the baselines and writes a table and PNGs)
+#   make demo   the main job: Knee against the baselines on the embedded De-En corpus (table + PNGs)
+#   make demo-hf  Knee against linear decay with a stock HuggingFace Trainer (table + PNGs)
 #   make test   the whole test suite (what CI runs)
 PYTHON ?= python3.11
 VENV ?= .venv
@@ -25,7 +26,8 @@ $(STAMP): pyproject.toml setup.py $(CONSTRAINTS)
 	$(PIP) uninstall -q -y torchaudio
 	touch $@
 
-demo: demo-hf
+demo: $(STAMP)
+	$(BIN)/python -m knee_plugins.recipes.translation --task demo
 
 demo-hf: $(STAMP)
 	$(BIN)/python scripts/hf_demo/knee_vs_linear.py --output-dir outputs/hf_demo
