@@ -80,6 +80,16 @@ def trainer_step_time(schedule: str, steps: int, output_dir: Path) -> float:
     return statistics.median(timer.durations[2:])
 
 
+def print_ratios(title: str, samples: dict[str, list[float]], *, baseline: str, unit: str, scale: float) -> None:
+    """Print the median of each entry's timings (seconds x ``scale``) and its ratio to ``baseline``'s."""
+    reference = statistics.median(samples[baseline])
+    print(f"\n{title}; ratio to {baseline}")
+    print(f"{'':<34} {unit:>9} {'ratio':>10}")
+    for name, values in samples.items():
+        median = statistics.median(values)
+        print(f"{name:<34} {median * scale:>9.2f} {median / reference:>9.2f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=20_000, help="scheduler.step() calls per timing")
@@ -97,24 +107,19 @@ def main() -> None:
     for _ in range(args.rounds):
         for name in FACTORIES:
             samples[name].append(time_scheduler_steps(name, args.steps))
-    baseline = statistics.median(samples["get_linear_schedule_with_warmup"])
-    print(f"\nscheduler.step(), {args.steps} calls x {args.rounds} interleaved rounds (median)")
-    print(f"{'scheduler':<34} {'us/step':>9} {'vs linear':>10}")
-    for name, values in samples.items():
-        median = statistics.median(values)
-        print(f"{name:<34} {median * 1e6:>9.2f} {median / baseline:>9.2f}x")
+    print_ratios(
+        f"scheduler.step(), {args.steps} calls x {args.rounds} interleaved rounds (median)",
+        samples, baseline="get_linear_schedule_with_warmup", unit="us/step", scale=1e6,
+    )
 
     trainer_samples = {"linear": [], "knee": []}
     for _ in range(args.trainer_rounds):
         for schedule in trainer_samples:
             trainer_samples[schedule].append(trainer_step_time(schedule, args.trainer_steps, args.output_dir / schedule))
-    linear = statistics.median(trainer_samples["linear"])
-    print(f"\nTrainer step time, tiny BERT, {args.trainer_steps} steps x {args.trainer_rounds} interleaved runs (median)")
-    print(f"{'schedule':<34} {'ms/step':>9} {'vs linear':>10}")
-    for schedule, values in trainer_samples.items():
-        median = statistics.median(values)
-        print(f"{schedule:<34} {median * 1e3:>9.2f} {median / linear:>9.2f}x")
-
+    print_ratios(
+        f"Trainer step time, tiny BERT, {args.trainer_steps} steps x {args.trainer_rounds} interleaved runs (median)",
+        trainer_samples, baseline="linear", unit="ms/step", scale=1e3,
+    )
 
 if __name__ == "__main__":
     main()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import statistics
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -36,6 +35,7 @@ from knee_plugins.recipes.hf_data import (
     minilm_model_dir,
     split_verses,
 )
+from knee_plugins.recipes.report import mean_std
 
 logger = logging.getLogger(__name__)
 
@@ -137,21 +137,16 @@ def run_one(schedule: str, seed: int, args: argparse.Namespace, data: dict[str, 
 
 
 def summarise(results: list[dict[str, Any]], schedules: Sequence[str]) -> str:
-    def mean_std(values: list[float], fmt: str) -> str:
-        if len(values) == 1:
-            return format(values[0], fmt)
-        return f"{format(statistics.mean(values), fmt)} ± {format(statistics.stdev(values), fmt)}"
-
     header = f"{'schedule':<10} {'runs':>4} {'steps':>6} {'eval loss':>16} {'accuracy':>16} {'best accuracy':>16} {'wall s':>12}"
     lines = [header, "-" * len(header)]
     for schedule in schedules:
         runs = [r for r in results if r["schedule"] == schedule]
         lines.append(
             f"{schedule:<10} {len(runs):>4} {runs[0]['steps']:>6} "
-            f"{mean_std([r['eval_loss'] for r in runs], '.4f'):>16} "
-            f"{mean_std([r['eval_accuracy'] for r in runs], '.3f'):>16} "
-            f"{mean_std([r['best_eval_accuracy'] for r in runs], '.3f'):>16} "
-            f"{mean_std([r['wall_time_s'] for r in runs], '.0f'):>12}"
+            f"{mean_std([r['eval_loss'] for r in runs], 4):>16} "
+            f"{mean_std([r['eval_accuracy'] for r in runs], 3):>16} "
+            f"{mean_std([r['best_eval_accuracy'] for r in runs], 3):>16} "
+            f"{mean_std([r['wall_time_s'] for r in runs], 0):>12}"
         )
     return "\n".join(lines)
 
@@ -163,10 +158,10 @@ def plot(results: list[dict[str, Any]], schedules: Sequence[str], output_dir: Pa
     import matplotlib.pyplot as plt
 
     colours = {"knee": "tab:blue", "linear": "tab:orange"}
-    first_seed = {r["schedule"]: r for r in sorted(results, key=lambda r: -r["seed"])}
     figure, axes = plt.subplots(figsize=(7, 3.5))
     for schedule in schedules:
-        steps, lrs = zip(*sorted(first_seed[schedule]["learning_rates"].items()))
+        first_seed = next(r for r in results if r["schedule"] == schedule and r["seed"] == 0)
+        steps, lrs = zip(*sorted(first_seed["learning_rates"].items()))
         axes.plot(steps, lrs, label=schedule, color=colours[schedule])
     axes.set(xlabel="optimizer step", ylabel="learning rate", title="LR used at each optimizer step")
     axes.legend()

@@ -21,7 +21,8 @@ def _by_label(results: Sequence[RunResult]) -> dict[str, list[RunResult]]:
     return groups
 
 
-def _mean_std(values: Sequence[float | None], digits: int) -> str:
+def mean_std(values: Sequence[float | None], digits: int) -> str:
+    """``"m ± s"`` over the values that are present (just ``m`` for one value, ``-`` for none)."""
     present = [v for v in values if v is not None]
     if not present:
         return "-"
@@ -38,9 +39,9 @@ def format_table(results: Sequence[RunResult]) -> str:
     for label, group in _by_label(results).items():
         rows.append((
             label, str(len(group)),
-            _mean_std([r.bleu_tokenized for r in group], 2), _mean_std([r.bleu_detokenized for r in group], 2),
-            _mean_std([r.best_valid_loss for r in group], 3), _mean_std([r.best_valid_ppl for r in group], 2),
-            _mean_std([r.updates for r in group], 0), _mean_std([r.wall_seconds for r in group], 0),
+            mean_std([r.bleu_tokenized for r in group], 2), mean_std([r.bleu_detokenized for r in group], 2),
+            mean_std([r.best_valid_loss for r in group], 3), mean_std([r.best_valid_ppl for r in group], 2),
+            mean_std([r.updates for r in group], 0), mean_std([r.wall_seconds for r in group], 0),
         ))
     return "\n".join("| " + " | ".join(row) + " |" for row in rows)
 
