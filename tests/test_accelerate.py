@@ -2,6 +2,7 @@
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -34,12 +35,18 @@ def tiny_model_dir(tmp_path_factory):
     return path
 
 
+def free_port() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return str(sock.getsockname()[1])
+
+
 def launch(tmp_path, model_dir, num_processes, *extra):
     tmp_path.mkdir(parents=True, exist_ok=True)
     lr_log = tmp_path / f"lr-{num_processes}.jsonl"
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    launcher += ["--multi_gpu", "--num_processes", "2", "--main_process_port", "29517"] if num_processes == 2 else ["--num_processes", "1"]
+    launcher += ["--multi_gpu", "--num_processes", "2", "--main_process_port", free_port()] if num_processes == 2 else ["--num_processes", "1"]
     command = [
         *launcher, str(SCRIPT), "--model_name_or_path", str(model_dir), "--train_examples", "96", "--max_length", "16",
         "--per_device_train_batch_size", "4", "--learning_rate", str(LEARNING_RATE), "--lr_log", str(lr_log), *extra,
