@@ -23,15 +23,15 @@ from fairseq.data import iterators
 _JOIN_TIMEOUT_S = 30.0
 
 
-class _ConsumerStopped(SystemExit):
-    """Ends a consumer thread's ``run``; ``threading.excepthook`` ignores SystemExit silently."""
-
-
 class _RefusingQueue:
-    """Stands in for a consumer's queue at exit: every ``put`` ends the consumer thread."""
+    """Stands in for a consumer's queue at exit: every ``put`` ends the consumer thread.
+
+    ``SystemExit`` passes fairseq's ``except Exception`` and is the one exception that
+    ``threading.excepthook`` ignores without printing a traceback (exactly that class, not a subclass).
+    """
 
     def put(self, item, block=True, timeout=None):
-        raise _ConsumerStopped()
+        raise SystemExit()
 
 
 def stop_background_consumers(timeout: float = _JOIN_TIMEOUT_S) -> list[threading.Thread]:

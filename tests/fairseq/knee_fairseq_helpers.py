@@ -46,6 +46,8 @@ def run_cli(name: str, *args: str, env: dict | None = None, check: bool = True, 
     )
     if check and proc.returncode != 0:
         raise AssertionError(f"{name} failed ({proc.returncode}):\n{proc.stdout[-4000:]}")
+    if check and "Exception in thread" in proc.stdout:
+        raise AssertionError(f"{name} printed a thread's traceback:\n{proc.stdout[-4000:]}")
     return proc
 
 

@@ -45,6 +45,7 @@ def test_exit_with_a_busy_prefetch_thread_is_clean():
     runs = [run_script() for _ in range(3)]
     assert [run.returncode for run in runs] == [0, 0, 0], runs[-1].stderr[-2000:]
     assert all("terminate called" not in run.stderr for run in runs)
+    assert all("Traceback" not in run.stderr for run in runs), runs[-1].stderr[-2000:]
 
 
 def test_without_the_plugin_the_same_exit_aborts():
