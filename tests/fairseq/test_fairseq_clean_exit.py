@@ -3,6 +3,7 @@
 import subprocess
 import sys
 import textwrap
+import threading
 
 from fairseq.data import iterators
 
@@ -63,7 +64,9 @@ class CheapBatches:
         return iter(range(1000))
 
 
-def test_a_consumer_blocked_on_a_full_buffer_is_stopped_and_joined():
+def test_a_consumer_blocked_on_a_full_buffer_is_stopped_and_joined(monkeypatch, capsys):
+    # the interpreter's own thread excepthook, as in fairseq-train (pytest installs a stricter one)
+    monkeypatch.setattr(threading, "excepthook", threading.__excepthook__)
     batches = iterators.BufferedIterator(2, CheapBatches())
     assert next(batches) == 0
     consumer = batches._consumer
@@ -71,3 +74,4 @@ def test_a_consumer_blocked_on_a_full_buffer_is_stopped_and_joined():
     assert stop_background_consumers(timeout=10) == []
     assert not consumer.is_alive()
     assert consumer.count < 10
+    assert capsys.readouterr().err == ""
