@@ -10,7 +10,6 @@ with ``mtime=0``, so a rebuild from the same pinned sources is byte-identical.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import io
 import json
@@ -28,11 +27,9 @@ from typing import Iterable, Iterator, Sequence
 
 import polib
 
+from .embedded_corpus import SPLITS, Pair, write_splits
+
 logger = logging.getLogger(__name__)
-
-SPLITS = ("train", "valid", "test")
-LANGUAGES = ("de", "en")
-
 
 @dataclass(frozen=True)
 class Source:
@@ -124,12 +121,6 @@ MAX_LENGTH_RATIO = 3.0
 MAX_PLACEHOLDER_SHARE = 0.2
 HELD_OUT_SHARE = {"valid": 0.04, "test": 0.04}
 LARGEST_HELD_OUT_GROUP = 8
-
-
-@dataclass(frozen=True)
-class Pair:
-    de: str
-    en: str
 
 
 @dataclass
@@ -335,36 +326,6 @@ def _split_for(group_key: str, group_size: int) -> str:
     if position < HELD_OUT_SHARE["valid"] + HELD_OUT_SHARE["test"]:
         return "test"
     return "train"
-
-
-def write_gzip_lines(path: Path, lines: Iterable[str]) -> None:
-    """Write UTF-8 lines gzipped with no timestamp or file name, so the bytes are reproducible."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = "".join(line + "\n" for line in lines).encode("utf-8")
-    with open(path, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw,
-                                                compresslevel=9, mtime=0) as packed:
-        packed.write(data)
-
-
-def read_gzip_lines(path: Path) -> list[str]:
-    with gzip.open(path, "rt", encoding="utf-8") as handle:
-        return handle.read().splitlines()
-
-
-def write_splits(splits: dict[str, list[Pair]], out_dir: Path) -> None:
-    """Write ``{split}.{de,en}.gz``: line ``i`` of the two files is one pair."""
-    for name, pairs in splits.items():
-        write_gzip_lines(out_dir / f"{name}.de.gz", (p.de for p in pairs))
-        write_gzip_lines(out_dir / f"{name}.en.gz", (p.en for p in pairs))
-
-
-def read_split(corpus_dir: Path, split: str) -> list[Pair]:
-    """Read one split of a corpus written by :func:`write_splits`."""
-    german = read_gzip_lines(corpus_dir / f"{split}.de.gz")
-    english = read_gzip_lines(corpus_dir / f"{split}.en.gz")
-    if len(german) != len(english):
-        raise ValueError(f"{corpus_dir}/{split}: {len(german)} German lines but {len(english)} English")
-    return [Pair(de, en) for de, en in zip(german, english)]
 
 
 def build_corpus(catalogs: Iterable[tuple[str, str, bytes]], out_dir: Path) -> CorpusStats:

@@ -35,7 +35,7 @@ from knee_plugins.recipes.hf_data import (
     minilm_model_dir,
     split_verses,
 )
-from knee_plugins.recipes.report import mean_std
+from knee_plugins.recipes.results import mean_std
 
 logger = logging.getLogger(__name__)
 

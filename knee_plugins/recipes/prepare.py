@@ -26,7 +26,7 @@ from subword_nmt.apply_bpe import BPE
 from subword_nmt.learn_bpe import learn_bpe
 from tqdm import tqdm
 
-from . import corpus
+from . import embedded_corpus
 
 logger = logging.getLogger(__name__)
 
@@ -191,13 +191,13 @@ def prepare(raw: dict[str, Parallel], spec: PreparationSpec, work_dir: Path, wor
 
 # --- raw readers -------------------------------------------------------------------------------
 
-def read_embedded_corpus(corpus_dir: Path, max_train_pairs: int | None = None,
+def read_embedded_corpus(corpus_dir: Path = embedded_corpus.CORPUS_DIR, max_train_pairs: int | None = None,
                          max_heldout_pairs: int | None = None) -> dict[str, Parallel]:
     """The committed De→En gettext corpus as (German, English) line lists per split, optionally
     only the first pairs of train and of valid/test."""
     raw = {}
-    for split in corpus.SPLITS:
-        pairs = corpus.read_split(corpus_dir, split)
+    for split in embedded_corpus.SPLITS:
+        pairs = embedded_corpus.read_split(corpus_dir, split)
         limit = max_train_pairs if split == "train" else max_heldout_pairs
         if limit is not None:
             pairs = pairs[:limit]

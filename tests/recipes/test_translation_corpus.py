@@ -10,14 +10,14 @@ from pathlib import Path
 import polib
 import pytest
 
-from knee_plugins.recipes import corpus
+from knee_plugins.recipes import corpus, embedded_corpus
+from knee_plugins.recipes.embedded_corpus import CORPUS_DIR
 
-CORPUS_DIR = Path(__file__).resolve().parents[2] / "data" / "deen-gettext"
 
 
 @pytest.fixture(scope="module")
-def committed_splits() -> dict[str, list[corpus.Pair]]:
-    return {name: corpus.read_split(CORPUS_DIR, name) for name in corpus.SPLITS}
+def committed_splits() -> dict[str, list[embedded_corpus.Pair]]:
+    return {name: embedded_corpus.read_split(CORPUS_DIR, name) for name in embedded_corpus.SPLITS}
 
 
 def test_committed_counts_match_counts_json_and_attribution(committed_splits):
@@ -32,7 +32,7 @@ def test_committed_counts_match_counts_json_and_attribution(committed_splits):
 
 
 def test_committed_splits_share_no_sentence(committed_splits):
-    for side in corpus.LANGUAGES:
+    for side in embedded_corpus.LANGUAGES:
         seen: dict[str, str] = {}
         for name, pairs in committed_splits.items():
             for pair in pairs:
@@ -74,12 +74,12 @@ def test_clean_text_removes_mnemonics_and_spacing():
 
 
 def test_split_keeps_pairs_sharing_a_sentence_together():
-    pairs = [corpus.Pair(f"Satz Nummer {i} ist hier", f"Sentence number {i} is here") for i in range(3000)]
-    pairs += [corpus.Pair(f"Satz Nummer {i} ist hier.", f"Another sentence {i} right here") for i in range(0, 3000, 7)]
-    pairs += [corpus.Pair(f"Ganz anderer Satz {i} hier", f"sentence number {i} is here!") for i in range(0, 3000, 5)]
+    pairs = [embedded_corpus.Pair(f"Satz Nummer {i} ist hier", f"Sentence number {i} is here") for i in range(3000)]
+    pairs += [embedded_corpus.Pair(f"Satz Nummer {i} ist hier.", f"Another sentence {i} right here") for i in range(0, 3000, 7)]
+    pairs += [embedded_corpus.Pair(f"Ganz anderer Satz {i} hier", f"sentence number {i} is here!") for i in range(0, 3000, 5)]
     splits = corpus.split_pairs(pairs)
     assert sum(len(s) for s in splits.values()) == len(pairs)
-    assert all(len(splits[name]) > 0 for name in corpus.SPLITS)
+    assert all(len(splits[name]) > 0 for name in embedded_corpus.SPLITS)
     for side in ("de", "en"):
         owner: dict[str, str] = {}
         for name, members in splits.items():
@@ -90,7 +90,7 @@ def test_split_keeps_pairs_sharing_a_sentence_together():
 
 def test_large_groups_go_to_train():
     shared = "Dieser Satz wird oft verwendet"
-    pairs = [corpus.Pair(shared, f"This sentence is used often {i}") for i in range(corpus.LARGEST_HELD_OUT_GROUP + 1)]
+    pairs = [embedded_corpus.Pair(shared, f"This sentence is used often {i}") for i in range(corpus.LARGEST_HELD_OUT_GROUP + 1)]
     assert len(corpus.split_pairs(pairs)["train"]) == len(pairs)
 
 
@@ -138,9 +138,9 @@ def test_build_on_a_sample_is_deterministic_and_filters(tmp_path):
         corpus.write_attribution(stats, [source], out_dir)
         outputs.append({p.name: p.read_bytes() for p in sorted(out_dir.iterdir())})
     assert outputs[0] == outputs[1]
-    assert set(outputs[0]) == {f"{s}.{l}.gz" for s in corpus.SPLITS for l in corpus.LANGUAGES} | {
+    assert set(outputs[0]) == {f"{s}.{l}.gz" for s in embedded_corpus.SPLITS for l in embedded_corpus.LANGUAGES} | {
         "counts.json", "ATTRIBUTION.md"}
-    pairs = [pair for name in corpus.SPLITS for pair in corpus.read_split(tmp_path / "first", name)]
+    pairs = [pair for name in embedded_corpus.SPLITS for pair in embedded_corpus.read_split(tmp_path / "first", name)]
     english = {pair.en for pair in pairs}
     # 300 numbered entries, the Plone default and the .mo-only catalog; .mo twin, French,
     # fuzzy, untranslated, short and placeholder-only entries are not read or are dropped.
