@@ -98,6 +98,8 @@ def plan_main(argv: Sequence[str] | None = None) -> int:
             explore=args.explore,
             min_lr_ratio=args.min_lr_ratio,
             steps_per_epoch=args.steps_per_epoch,
+            names={"total": "--total-steps", "warmup": "--warmup", "explore": "--explore",
+                   "min_lr_ratio": "--min-lr-ratio", "steps_per_epoch": "--steps-per-epoch"},
         )
     except ValueError as error:
         parser.error(str(error))

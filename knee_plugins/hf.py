@@ -23,6 +23,19 @@ from .schedule import (
 
 logger = logging.getLogger(__name__)
 
+FACTORY_ARGUMENT_NAMES = {
+    "total": "num_training_steps",
+    "warmup": "num_warmup_steps",
+    "explore": "num_explore_steps",
+}
+CALLBACK_ARGUMENT_NAMES = {
+    "total": "the Trainer's budget (TrainingArguments.max_steps, or num_train_epochs x updates per epoch)",
+    "warmup": "TrainingArguments.warmup_steps",
+    "explore": "KneeCallback(num_explore_steps)",
+    "explore_ratio": "KneeCallback(explore_ratio)",
+    "min_lr_ratio": "KneeCallback(min_lr_ratio)",
+}
+
 
 def _knee_lr_lambda(schedule: KneeSchedule) -> partial:
     """A picklable ``step -> multiplier`` for ``LambdaLR``: the schedule's fields are knee_factor's keywords."""
@@ -73,6 +86,7 @@ def get_knee_schedule_with_warmup(
         explore=num_explore_steps,
         explore_ratio=explore_ratio,
         min_lr_ratio=min_lr_ratio,
+        names=FACTORY_ARGUMENT_NAMES,
     )
     return LambdaLR(optimizer, _knee_lr_lambda(schedule), last_epoch)
 
@@ -120,7 +134,7 @@ class KneeCallback(TrainerCallback):
     ) -> None:
         self.explore_ratio = check_fraction(explore_ratio, "explore_ratio")
         self.num_explore_steps = resolve_steps(num_explore_steps, name="num_explore_steps")
-        self.min_lr_ratio = check_min_lr_ratio(min_lr_ratio)
+        self.min_lr_ratio = check_min_lr_ratio(min_lr_ratio, "min_lr_ratio")
         self.schedule: KneeSchedule | None = None
         self._phase: str | None = None
 
@@ -138,6 +152,7 @@ class KneeCallback(TrainerCallback):
             explore=self.num_explore_steps,
             explore_ratio=self.explore_ratio,
             min_lr_ratio=self.min_lr_ratio,
+            names=CALLBACK_ARGUMENT_NAMES,
         )
         install_knee_schedule(kwargs.get("lr_scheduler"), self.schedule)
         self._phase = self.schedule.phase(state.global_step)

@@ -10,6 +10,9 @@ from torch.optim.lr_scheduler import LRScheduler
 from .schedule import Duration, KneeSchedule, knee_factor
 
 
+ARGUMENT_NAMES = {"total": "total_steps", "warmup": "warmup_steps", "explore": "explore_steps"}
+
+
 def apply_learning_rates(scheduler: LRScheduler, learning_rates: list[float]) -> None:
     """Write ``learning_rates`` into the scheduler's optimizer groups and its ``get_last_lr()``."""
     for group, learning_rate in zip(scheduler.optimizer.param_groups, learning_rates, strict=True):
@@ -63,6 +66,7 @@ class KneeLR(LRScheduler):
             explore_ratio=explore_ratio,
             min_lr_ratio=min_lr_ratio,
             steps_per_epoch=steps_per_epoch,
+            names=ARGUMENT_NAMES,
         )
         self.total_steps = schedule.total_steps
         self.warmup_steps = schedule.warmup_steps

@@ -26,7 +26,8 @@ import math
 import numbers
 import re
 from dataclasses import dataclass
-from typing import Union
+from functools import partial
+from typing import Mapping, Union
 
 Duration = Union[int, float, str]
 
@@ -64,29 +65,40 @@ def check_fraction(value: object, name: str) -> float:
     return float(value)
 
 
-def check_min_lr_ratio(value: object) -> float:
-    """Return the floor ratio as a float in [0, 1) or raise ``ValueError``."""
+def check_min_lr_ratio(value: object, name: str = "min_lr_ratio") -> float:
+    """Return the floor ratio as a float in [0, 1) or raise ``ValueError`` naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= float(value) < 1.0:
         raise ValueError(
-            f"min_lr_ratio must be in [0, 1), got {value!r}; "
+            f"{name} must be in [0, 1), got {value!r}; "
             "0 decays to zero as in the paper, 0.1 ends at a tenth of the seed LR"
         )
     return float(value)
 
 
 def validate_knee_args(
-    *, total_steps: int, warmup_steps: int, explore_steps: int, min_lr_ratio: float = 0.0
+    *,
+    total_steps: int,
+    warmup_steps: int,
+    explore_steps: int,
+    min_lr_ratio: float = 0.0,
+    names: Mapping[str, str] | None = None,
 ) -> None:
-    """Raise ``ValueError`` naming the argument and the fix if the Knee arguments are invalid."""
-    total_steps = _check_step_count(total_steps, "total_steps", allow_zero=False)
-    warmup_steps = _check_step_count(warmup_steps, "warmup_steps")
-    explore_steps = _check_step_count(explore_steps, "explore_steps")
-    check_min_lr_ratio(min_lr_ratio)
+    """Raise ``ValueError`` naming the argument and the fix if the Knee arguments are invalid.
+
+    ``names`` maps ``total_steps``, ``warmup_steps``, ``explore_steps`` and ``min_lr_ratio`` to the
+    names the caller's user typed (e.g. ``num_training_steps``, ``--warmup-updates``).
+    """
+    name = {key: key for key in ("total_steps", "warmup_steps", "explore_steps", "min_lr_ratio")}
+    name.update(names or {})
+    total_steps = _check_step_count(total_steps, name["total_steps"], allow_zero=False)
+    warmup_steps = _check_step_count(warmup_steps, name["warmup_steps"])
+    explore_steps = _check_step_count(explore_steps, name["explore_steps"])
+    check_min_lr_ratio(min_lr_ratio, name["min_lr_ratio"])
     if warmup_steps + explore_steps > total_steps:
         raise ValueError(
-            f"warmup_steps + explore_steps = {warmup_steps} + {explore_steps} = "
-            f"{warmup_steps + explore_steps} exceeds total_steps = {total_steps}; "
-            "shorten warmup or explore, or raise the budget"
+            f"{name['warmup_steps']} ({warmup_steps} steps) + {name['explore_steps']} ({explore_steps} steps) "
+            f"= {warmup_steps + explore_steps} steps exceed {name['total_steps']} = {total_steps}; "
+            f"shorten {name['warmup_steps']} or {name['explore_steps']}, or raise {name['total_steps']}"
         )
 
 
@@ -119,6 +131,7 @@ def resolve_steps(
     name: str,
     total_steps: int | None = None,
     steps_per_epoch: int | None = None,
+    steps_per_epoch_name: str = "steps_per_epoch",
 ) -> int | None:
     """Turn a duration into a whole number of optimizer steps.
 
@@ -133,7 +146,7 @@ def resolve_steps(
         epochs = _EPOCHS.match(text)
         percent = _PERCENT.match(text)
         if epochs:
-            return _epochs_to_steps(float(epochs.group(1)), name, steps_per_epoch)
+            return _epochs_to_steps(float(epochs.group(1)), name, steps_per_epoch, steps_per_epoch_name)
         if percent:
             return resolve_steps(float(percent.group(1)) / 100.0, name=name, total_steps=total_steps)
         try:
@@ -146,7 +159,13 @@ def resolve_steps(
                     f"{name}={value!r} is not a duration; use steps (4000), a fraction of the "
                     "budget (0.5 or 50%) or epochs (40ep)"
                 ) from None
-        return resolve_steps(number, name=name, total_steps=total_steps, steps_per_epoch=steps_per_epoch)
+        return resolve_steps(
+            number,
+            name=name,
+            total_steps=total_steps,
+            steps_per_epoch=steps_per_epoch,
+            steps_per_epoch_name=steps_per_epoch_name,
+        )
     if isinstance(value, bool):
         raise ValueError(f"{name} must be a duration, got the bool {value!r}")
     if isinstance(value, numbers.Integral):
@@ -159,13 +178,13 @@ def resolve_steps(
     raise ValueError(f"{name} must be an int, a float fraction or a string duration, got {value!r}")
 
 
-def _epochs_to_steps(epochs: float, name: str, steps_per_epoch: int | None) -> int:
+def _epochs_to_steps(epochs: float, name: str, steps_per_epoch: int | None, steps_per_epoch_name: str) -> int:
     if steps_per_epoch is None:
         raise ValueError(
             f"{name} is given in epochs but the number of steps per epoch is unknown; "
-            "pass steps_per_epoch (optimizer updates per epoch) or give the duration in steps"
+            f"pass {steps_per_epoch_name} (optimizer updates per epoch) or give {name} in steps"
         )
-    steps_per_epoch = _check_step_count(steps_per_epoch, "steps_per_epoch", allow_zero=False)
+    steps_per_epoch = _check_step_count(steps_per_epoch, steps_per_epoch_name, allow_zero=False)
     return int(round(epochs * steps_per_epoch))
 
 
@@ -196,27 +215,39 @@ class KneeSchedule:
         explore_ratio: float = 0.5,
         min_lr_ratio: float = 0.0,
         steps_per_epoch: int | None = None,
+        names: Mapping[str, str] | None = None,
     ) -> "KneeSchedule":
         """Build a schedule from durations in steps, fractions or epochs.
 
         ``explore`` wins over ``explore_ratio`` (a fraction of the total budget, the paper's
-        default 0.5). A fractional ``total`` makes no sense and is refused.
+        default 0.5). A fractional ``total`` makes no sense and is refused. ``names`` maps this
+        method's argument names (``total``, ``warmup``, ``explore``, ``explore_ratio``,
+        ``min_lr_ratio``, ``steps_per_epoch``) to the caller's, so that errors name what the user typed.
         """
+        name = {key: key for key in ("total", "warmup", "explore", "explore_ratio", "min_lr_ratio", "steps_per_epoch")}
+        name.update(names or {})
         if isinstance(total, float) and not total.is_integer():
-            raise ValueError(f"total={total!r} must be steps (int) or epochs ('50ep'), not a fraction")
-        total_steps = resolve_steps(total, name="total", steps_per_epoch=steps_per_epoch)
+            raise ValueError(
+                f"{name['total']}={total!r} must be a number of steps (int) or epochs ('50ep'), not a fraction"
+            )
+        to_steps = partial(resolve_steps, steps_per_epoch=steps_per_epoch, steps_per_epoch_name=name["steps_per_epoch"])
+        total_steps = to_steps(total, name=name["total"])
         if not total_steps:
-            raise ValueError("total must be > 0: the budget of optimizer steps is empty")
-        warmup_steps = resolve_steps(
-            warmup or 0, name="warmup", total_steps=total_steps, steps_per_epoch=steps_per_epoch
-        )
+            raise ValueError(f"{name['total']} must be > 0, got {total!r}: the budget of optimizer steps is empty")
+        warmup_steps = to_steps(warmup or 0, name=name["warmup"], total_steps=total_steps) or 0
         if explore is None:
-            explore = check_fraction(explore_ratio, "explore_ratio")
-            name = "explore_ratio"
+            explore_name = name["explore_ratio"]
+            explore = check_fraction(explore_ratio, explore_name)
         else:
-            name = "explore"
-        explore_steps = resolve_steps(
-            explore, name=name, total_steps=total_steps, steps_per_epoch=steps_per_epoch
+            explore_name = name["explore"]
+        explore_steps = to_steps(explore, name=explore_name, total_steps=total_steps) or 0
+        validate_knee_args(
+            total_steps=total_steps,
+            warmup_steps=warmup_steps,
+            explore_steps=explore_steps,
+            min_lr_ratio=min_lr_ratio,
+            names={"total_steps": name["total"], "warmup_steps": name["warmup"],
+                   "explore_steps": explore_name, "min_lr_ratio": name["min_lr_ratio"]},
         )
         return cls(total_steps, warmup_steps, explore_steps, min_lr_ratio)
 

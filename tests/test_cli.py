@@ -28,11 +28,14 @@ def test_durations_in_epochs(capsys):
 @pytest.mark.parametrize(
     "argv,message",
     [
-        (["--total-steps", "100", "--explore", "1.5"], "explore"),
-        (["--total-steps", "100", "--warmup", "60", "--explore", "50"], "exceeds total_steps"),
-        (["--total-steps", "50ep"], "steps per epoch"),
-        (["--total-steps", "100", "--lr", "-1"], "--lr"),
-        (["--total-steps", "100", "--min-lr-ratio", "1"], "min_lr_ratio"),
+        (["--total-steps", "100", "--explore", "1.5"], "error: --explore=1.5"),
+        (["--total-steps", "100", "--warmup", "60", "--explore", "50"],
+         "error: --warmup (60 steps) + --explore (50 steps) = 110 steps exceed --total-steps = 100"),
+        (["--total-steps", "50ep"], "error: --total-steps is given in epochs"),
+        (["--total-steps", "100", "--explore", "2ep", "--steps-per-epoch", "0"], "error: --steps-per-epoch must be > 0"),
+        (["--total-steps", "0"], "error: --total-steps must be > 0"),
+        (["--total-steps", "100", "--lr", "-1"], "error: --lr must be > 0"),
+        (["--total-steps", "100", "--min-lr-ratio", "1"], "error: --min-lr-ratio must be in [0, 1)"),
     ],
 )
 def test_bad_input_exits_nonzero_with_a_message(argv, message, capsys):

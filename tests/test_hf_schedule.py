@@ -101,13 +101,17 @@ def test_schedule_is_picklable_and_built_on_partial():
 @pytest.mark.parametrize(
     "args,kwargs,message",
     [
-        ((-1, 10), {}, "warmup"),
-        ((2, 0), {}, "total"),
-        ((2, 10), {"num_explore_steps": 9}, "exceeds total_steps"),
-        ((2, 10), {"explore_ratio": 1.5}, "explore_ratio"),
-        ((2, 10), {"min_lr_ratio": 1.0}, "min_lr_ratio"),
-        ((2.5, 10), {}, "warmup"),
-        ((0, 10), {"num_explore_steps": -1}, "explore"),
+        ((-1, 100), {}, r"^num_warmup_steps must be >= 0, got -1"),
+        ((2, 0), {}, r"^num_training_steps must be > 0, got 0"),
+        ((2, -4), {}, r"^num_training_steps must be >= 0, got -4"),
+        ((2, 10), {"num_explore_steps": 9},
+         r"^num_warmup_steps \(2 steps\) \+ num_explore_steps \(9 steps\) = 11 steps exceed num_training_steps = 10"),
+        ((200, 100), {}, r"^num_warmup_steps \(200 steps\) \+ explore_ratio \(50 steps\) = 250 steps exceed num_training_steps"),
+        ((2, 10), {"explore_ratio": 1.5}, r"^explore_ratio=1.5"),
+        ((2, 10), {"min_lr_ratio": 1.0}, r"^min_lr_ratio must be in \[0, 1\)"),
+        ((2.5, 10), {}, r"^num_warmup_steps=2.5"),
+        ((0, 100), {"num_explore_steps": -5}, r"^num_explore_steps must be >= 0, got -5"),
+        ((0, 100), {"num_explore_steps": "2ep"}, r"^num_explore_steps is given in epochs"),
     ],
 )
 def test_bad_input(args, kwargs, message):

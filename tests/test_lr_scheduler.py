@@ -99,12 +99,17 @@ def test_is_picklable_and_state_dict_holds_only_numbers():
 @pytest.mark.parametrize(
     "kwargs,message",
     [
-        (dict(total_steps=0), "total"),
-        (dict(total_steps=10, warmup_steps=-1), "warmup"),
-        (dict(total_steps=10, warmup_steps=6, explore_steps=6), "exceeds total_steps"),
-        (dict(total_steps=10, explore_ratio=2.0), "explore_ratio"),
-        (dict(total_steps=10, min_lr_ratio=1.5), "min_lr_ratio"),
-        (dict(total_steps=10, explore_steps="3ep"), "steps_per_epoch"),
+        (dict(total_steps=0), r"^total_steps must be > 0"),
+        (dict(total_steps=-3), r"^total_steps must be >= 0"),
+        (dict(total_steps=10, warmup_steps=-1), r"^warmup_steps must be >= 0"),
+        (dict(total_steps=10, warmup_steps=6, explore_steps=6),
+         r"^warmup_steps \(6 steps\) \+ explore_steps \(6 steps\) = 12 steps exceed total_steps = 10"),
+        (dict(total_steps=10, warmup_steps=6), r"^warmup_steps \(6 steps\) \+ explore_ratio \(5 steps\)"),
+        (dict(total_steps=10, explore_ratio=2.0), r"^explore_ratio=2.0"),
+        (dict(total_steps=10, explore_steps=-2), r"^explore_steps must be >= 0"),
+        (dict(total_steps=10, min_lr_ratio=1.5), r"^min_lr_ratio must be in \[0, 1\)"),
+        (dict(total_steps=10, explore_steps="3ep"), r"^explore_steps is given in epochs.*pass steps_per_epoch"),
+        (dict(total_steps=10, explore_steps="3ep", steps_per_epoch=0), r"^steps_per_epoch must be > 0"),
     ],
 )
 def test_bad_input_fails_before_touching_the_optimizer(kwargs, message):

@@ -89,12 +89,12 @@ BAD_INPUTS = [
     (dict(total=100, explore_ratio=1.2), "explore_ratio"),
     (dict(total=100, explore_ratio=-0.1), "explore_ratio"),
     (dict(total=100, explore_ratio="half"), "explore_ratio"),
-    (dict(total=100, warmup=60, explore=50), "exceeds total_steps"),
-    (dict(total=100, warmup=0.6, explore_ratio=0.5), "exceeds total_steps"),
+    (dict(total=100, warmup=60, explore=50), r"warmup \(60 steps\) \+ explore \(50 steps\) = 110 steps exceed total = 100"),
+    (dict(total=100, warmup=0.6, explore_ratio=0.5), r"warmup \(60 steps\) \+ explore_ratio \(50 steps\)"),
     (dict(total=100, min_lr_ratio=1.0), "min_lr_ratio"),
     (dict(total=100, min_lr_ratio=-0.1), "min_lr_ratio"),
     (dict(total=100, explore="40ep", steps_per_epoch=0), "steps_per_epoch"),
-    (dict(total=100, explore="40ep", steps_per_epoch=3), "exceeds total_steps"),
+    (dict(total=100, explore="40ep", steps_per_epoch=3), r"explore \(120 steps\) = 120 steps exceed total = 100"),
     (dict(total=100, explore=float("nan")), "explore"),
 ]
 
@@ -112,7 +112,7 @@ def test_bad_input_raises_a_value_error_naming_the_argument(kwargs, message):
     [
         (dict(total_steps=10, warmup_steps=2.5, explore_steps=0), "warmup_steps must be a whole number"),
         (dict(total_steps="10", warmup_steps=0, explore_steps=0), "total_steps"),
-        (dict(total_steps=10, warmup_steps=0, explore_steps=11), "exceeds total_steps"),
+        (dict(total_steps=10, warmup_steps=0, explore_steps=11), "exceed total_steps = 10"),
     ],
 )
 def test_validate_knee_args(kwargs, message):

@@ -134,7 +134,7 @@ def test_explore_longer_than_the_budget_fails_before_the_first_step(tmp_path):
         model=tiny_model(), args=make_args(tmp_path, max_steps=10), train_dataset=TokenDataset(16),
         callbacks=[KneeCallback(num_explore_steps=11)],
     )
-    with pytest.raises(ValueError, match="exceeds total_steps"):
+    with pytest.raises(ValueError, match=r"KneeCallback\(num_explore_steps\) \(11 steps\) = 11 steps exceed"):
         trainer.train()
     assert trainer.state.global_step == 0
 
@@ -153,11 +153,34 @@ def test_a_scheduler_the_callback_cannot_drive_is_refused(tmp_path):
 
 @pytest.mark.parametrize(
     "kwargs,message",
-    [(dict(explore_ratio=1.5), "explore_ratio"), (dict(num_explore_steps=-2), "num_explore_steps"), (dict(min_lr_ratio=1), "min_lr_ratio")],
+    [
+        (dict(explore_ratio=1.5), r"^explore_ratio=1.5"),
+        (dict(num_explore_steps=-2), r"^num_explore_steps must be >= 0"),
+        (dict(min_lr_ratio=1), r"^min_lr_ratio must be in \[0, 1\)"),
+    ],
 )
 def test_callback_rejects_bad_arguments_at_construction(kwargs, message):
     with pytest.raises(ValueError, match=message):
         KneeCallback(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "training_args,callback_kwargs,message",
+    [
+        (dict(max_steps=10, warmup_steps=6), {},
+         r"^TrainingArguments.warmup_steps \(6 steps\) \+ KneeCallback\(explore_ratio\) \(5 steps\) = 11 steps "
+         r"exceed the Trainer's budget"),
+        (dict(max_steps=10, warmup_steps=0.7), dict(num_explore_steps=4),
+         r"^TrainingArguments.warmup_steps \(7 steps\) \+ KneeCallback\(num_explore_steps\) \(4 steps\)"),
+        (dict(max_steps=10), dict(num_explore_steps=12), r"KneeCallback\(num_explore_steps\) \(12 steps\)"),
+    ],
+)
+def test_budget_errors_name_the_training_arguments_and_callback_arguments(
+    tmp_path, training_args, callback_kwargs, message
+):
+    args = make_args(tmp_path, **training_args)
+    with pytest.raises(ValueError, match=message):
+        KneeCallback(**callback_kwargs).on_train_begin(args, TrainerState(max_steps=args.max_steps), None)
 
 
 def test_unknown_budget_is_refused(tmp_path):
