@@ -1,0 +1,166 @@
+"""The MAT recipe: its commands carry the paper's values and parse with fairseq; a tiny two-phase
+run through the real fairseq-train (knee), knee-mat-init and fairseq-generate."""
+
+from __future__ import annotations
+
+import ast
+import shlex
+import subprocess
+
+import pytest
+import torch
+
+from fairseq import checkpoint_utils, options
+from knee_fairseq_helpers import clean_env, logged_lrs
+
+from knee_plugins.fairseq_plugin import mat_init
+from knee_plugins.recipes import mat, prepare, translation
+
+PAPER = {  # task -> (arch, epochs per phase, explore until, phase-2 branches, rho, beam, lenpen, tokens/update)
+    "iwslt14": ("transformer_mb_iwslt_de_en", 200, 100, 3, 0.3, 5, 1.2, 4096),
+    "wmt14": ("transformer_mb_wmt_en_de", 70, 35, 2, 0.2, 4, 0.6, 524_288),
+}
+
+
+def options_of(tokens: list[str]) -> dict[str, list[str]]:
+    parsed: dict[str, list[str]] = {}
+    key = None
+    for token in tokens:
+        if token.startswith("--"):
+            key = token
+            parsed[key] = []
+        elif key is not None:
+            parsed[key].append(token)
+    return parsed
+
+
+def dry_run(capsys, *argv: str) -> list[list[list[str]]]:
+    """The printed commands, grouped per run (phase 1, init, phase 2, generate 1, generate 2)."""
+    assert mat.main(["--dry-run", "--cpu", *argv]) == 0
+    groups: list[list[list[str]]] = []
+    for line in capsys.readouterr().out.splitlines():
+        if line.startswith("#"):
+            groups.append([])
+        else:
+            groups[-1].append(shlex.split(line))
+    return groups
+
+
+def fairseq_args(tokens: list[str]):
+    """Parse a printed fairseq-train command with fairseq itself (plugin loaded)."""
+    assert tokens[0].endswith("fairseq-train")
+    return options.parse_args_and_arch(options.get_training_parser(), tokens[1:])
+
+
+@pytest.mark.parametrize("task", sorted(PAPER))
+@pytest.mark.parametrize("world_size", [1, 8])
+def test_dry_run_carries_the_paper_values(capsys, task, world_size):
+    arch, epochs, explore, branches, rho, beam, lenpen, tokens = PAPER[task]
+    groups = dry_run(capsys, "--task", task, "--world-size", str(world_size))
+    assert len(groups) == 2
+    for group, schedule in zip(groups, ("knee", "inverse_sqrt")):
+        phase1, init, phase2, generate1, generate2 = group
+        for phase, command in ((1, phase1), (2, phase2)):
+            args = fairseq_args(command)
+            assert args.arch == arch and args.share_all_embeddings
+            assert args.optimizer == "adam" and ast.literal_eval(args.adam_betas) == (0.9, 0.98)
+            assert args.lr == [5e-4] and args.lr_scheduler == schedule
+            assert args.warmup_updates == 4000 and args.warmup_init_lr == 1e-7
+            assert args.max_epoch == epochs and args.clip_norm == 0 and args.weight_decay == 0
+            assert args.dropout == 0.3 and args.attention_dropout == 0 and args.activation_dropout == 0
+            assert args.criterion == "label_smoothed_cross_entropy" and args.label_smoothing == 0.1
+            assert world_size * args.max_tokens * args.update_freq[0] == tokens
+            if schedule == "knee":
+                assert args.explore_epochs == explore
+            expected = (1, 0.0) if phase == 1 else (branches, rho)
+            assert (args.encoder_branches, args.branch_dropout) == expected
+            assert (args.decoder_branches, args.pffn_branch_dropout) == expected
+            assert args.encoder_pffn_branches == 1 and args.join_pffn
+        phase1_dir = options_of(phase1)["--save-dir"][0]
+        assert init[-4:] == [f"{phase1_dir}/checkpoint_best.pt", options_of(phase2)["--finetune-from-model"][0],
+                             "--branches", str(branches)]
+        assert "--finetune-from-model" not in options_of(phase1)
+        for command, phase_dir in ((generate1, phase1_dir), (generate2, options_of(phase2)["--save-dir"][0])):
+            generate = options_of(command)
+            assert generate["--path"] == [f"{phase_dir}/checkpoint_best.pt"]
+            assert generate["--beam"] == [str(beam)] and float(generate["--lenpen"][0]) == lenpen
+
+
+def test_demo_dry_run_explores_half_of_each_phase(capsys):
+    (phase1, _, phase2, _, _), _ = dry_run(capsys, "--task", "demo", "--max-updates", "200")
+    for command in (phase1, phase2):
+        args = fairseq_args(command)
+        assert args.max_update == 200 and args.warmup_updates == 20 and args.explore_updates == 80
+
+
+def test_bad_arguments_fail_before_anything_runs(capsys):
+    for argv in (["--task", "iwslt14", "--max-updates", "10"], ["--seeds", "0"], ["--schedule", "linear"],
+                 ["--world-size", "0"]):
+        with pytest.raises(SystemExit):
+            mat.main(["--dry-run", *argv])
+    with pytest.raises(SystemExit):
+        mat_init.main(["a.pt", "b.pt"])  # --branches missing
+    assert "--branches" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_two_phases_init_and_generate(data_bin, tmp_path):
+    """Phase 1 (1 branch) and phase 2 (3 branches, drop-branch) through fairseq-train with
+    ``--lr-scheduler knee`` over 2 epochs each, knee-mat-init in between, then fairseq-generate
+    on the phase-2 best checkpoint with torch's default weights_only loading."""
+    task = translation.TaskRecipe(
+        "tiny", prepare.DEMO_SPEC, arch="transformer_mb", dropout=0.1, tokens_per_update=300, max_tokens_per_gpu=300,
+        budget={"full": 2}, explore={"full": 1}, lr=1e-3, betas=(0.9, 0.98), clip_norm=0.0, weight_decay=0.0,
+        model_args=("--encoder-layers", "1", "--decoder-layers", "1", "--encoder-embed-dim", "16",
+                    "--decoder-embed-dim", "16", "--encoder-ffn-embed-dim", "32", "--decoder-ffn-embed-dim", "32",
+                    "--encoder-attention-heads", "2", "--decoder-attention-heads", "2", "--encoder-pffn-branches",
+                    "1", "--decoder-pffn-branches", "1", "--join-pffn", "--share-all-embeddings"),
+        extra_args=("--no-epoch-checkpoints", "--num-workers", "0", "--log-interval", "1"),
+        generate_args=("--lenpen", "1.2", "--max-len-b", "12"),
+    )
+    recipe = mat.MatRecipe(task, branches=3, branch_dropout=0.3, warmup_updates=3)
+    run = mat.MatRun(recipe, "knee", 1, data_bin, tmp_path, translation.plan_batches(300, 300, 1), cpu=True)
+
+    def train(phase: int) -> str:
+        command = mat.train_command(run, phase)
+        proc = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env=clean_env(), timeout=300)
+        assert proc.returncode == 0, proc.stdout[-3000:]
+        return proc.stdout
+
+    phase1_log = train(1)
+    init = subprocess.run(mat.init_command(run), capture_output=True, text=True, env=clean_env(), timeout=120)
+    assert init.returncode == 0, init.stderr[-3000:]
+    phase2_log = train(2)
+
+    lrs1, lrs2 = logged_lrs(phase1_log), logged_lrs(phase2_log)
+    assert len(lrs1) >= 10
+    assert lrs2 == lrs1, "phase 2 must rerun the same fresh schedule (warmup, explore, decay to 0)"
+    assert lrs1[max(lrs1)] == 0 and lrs1[1] == pytest.approx(1e-7 + (1e-3 - 1e-7) / 3, rel=1e-5)
+
+    phase1_ckpt = run.phase_dir(1) / "checkpoint_best.pt"
+    init_ckpt = run.init_checkpoint
+    assert set(torch.serialization.get_unsafe_globals_in_checkpoint(init_ckpt)) <= {"argparse.Namespace"}
+    (model1,), _, task1 = checkpoint_utils.load_model_ensemble_and_task([str(phase1_ckpt)])
+    (model2,), _, _ = checkpoint_utils.load_model_ensemble_and_task([str(init_ckpt)])
+    assert len(model2.encoder.layers[0].self_attn.branches) == 3
+    assert len(model2.decoder.layers[0].encoder_attn.branches) == 3
+    state = torch.load(init_ckpt, weights_only=True)
+    assert state["last_optimizer_state"] is None and state["optimizer_history"][-1]["num_updates"] == 0
+    assert state["extra_state"]["train_iterator"]["epoch"] == 1 and "best" not in state["extra_state"]
+    task1.load_dataset("test")
+    sample = task1.dataset("test").collater([task1.dataset("test")[i] for i in range(8)])
+    model1.eval()
+    model2.eval()
+    with torch.no_grad():
+        out1 = model1(**sample["net_input"])[0]
+        out2 = model2(**sample["net_input"])[0]
+    assert torch.allclose(out1, out2, atol=1e-5), (out1 - out2).abs().max()
+
+    command = translation.generate_command(run.translation_run(2), run.phase_dir(2) / "checkpoint_best.pt")
+    generate = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env=clean_env(), timeout=300)
+    assert generate.returncode == 0, generate.stdout[-3000:]
+    hypotheses = [line for line in generate.stdout.splitlines() if line.startswith("H-")]
+    assert len(hypotheses) == 20
+    assert "Exception in thread" not in phase1_log + phase2_log + generate.stdout
