@@ -168,8 +168,12 @@ def main(argv: list[str] | None = None) -> int:
     eval_columns = ["input_ids", "token_type_ids", "attention_mask", "feature_index"]
     train_features = data["train_features"].select_columns([c for c in train_columns if c in data["train_features"].column_names])
     eval_features = data["eval_features"].select_columns([c for c in eval_columns if c in data["eval_features"].column_names])
-    train_dataloader = DataLoader(train_features, shuffle=True, batch_size=args.per_device, collate_fn=collator)
-    eval_dataloader = DataLoader(eval_features, shuffle=False, batch_size=args.eval_batch_size, collate_fn=collator)
+    # Own generators: creating a dataloader iterator then draws no number from the global RNG, so dropout
+    # after a resume sees the same random stream as the uninterrupted run.
+    train_dataloader = DataLoader(train_features, shuffle=True, batch_size=args.per_device, collate_fn=collator,
+                                  generator=torch.Generator().manual_seed(args.seed))
+    eval_dataloader = DataLoader(eval_features, shuffle=False, batch_size=args.eval_batch_size, collate_fn=collator,
+                                 generator=torch.Generator().manual_seed(args.seed))
 
     # Model and optimizer
     model = AutoModelForQuestionAnswering.from_pretrained(args.model)

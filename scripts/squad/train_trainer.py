@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import (
     AutoModelForQuestionAnswering,
     AutoTokenizer,
@@ -172,6 +173,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         save_steps=args.checkpointing_steps or 500,
         report_to="none",
         seed=args.seed,
+        dataloader_pin_memory=torch.cuda.is_available(),
     )
     trainer = QuestionAnsweringTrainer(
         model=model,
