@@ -192,6 +192,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--branch-dropout", type=float, default=None,
                         help="drop-branch probability stored in the phase-2 options (default: the phase-1 "
                              "value; the phase-2 fairseq-train command sets its own)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="check the options, print what would be written and exit without reading PHASE1")
     args = parser.parse_args(argv)
     args.encoder_branches = args.encoder_branches or args.branches
     args.decoder_branches = args.decoder_branches or args.branches
@@ -205,7 +207,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         parser.error(f"--branch-dropout must lie in [0, 1), got {args.branch_dropout:g}")
     if args.phase1.resolve() == args.phase2.resolve():
         parser.error("PHASE2 must differ from PHASE1 (the phase-1 checkpoint is kept)")
-    if not args.phase1.is_file():
+    if not args.dry_run and not args.phase1.is_file():
         parser.error(f"PHASE1 {args.phase1} does not exist")
     return args
 
@@ -213,6 +215,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    ffn = "as in PHASE1" if args.ffn_branches is None else str(args.ffn_branches)
+    plan = (f"{args.phase1} -> {args.phase2}: every attention copied into {args.encoder_branches} encoder / "
+            f"{args.decoder_branches} decoder branches, FFN branches {ffn}; optimizer, LR scheduler, update "
+            "and epoch counters reset")
+    if args.dry_run:
+        print(plan)
+        return 0
+    logger.info("%s", plan)
     from fairseq.checkpoint_utils import torch_persistent_save
 
     checkpoint = torch.load(args.phase1, map_location="cpu", weights_only=True)
