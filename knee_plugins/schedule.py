@@ -178,6 +178,21 @@ def resolve_steps(
     raise ValueError(f"{name} must be an int, a float fraction or a string duration, got {value!r}")
 
 
+def updates_per_epoch(num_batches: int, accumulation_steps: int = 1, drop_remainder: bool = False) -> int:
+    """Optimizer updates in one epoch of ``num_batches`` batches, ``accumulation_steps`` batches per update.
+
+    ``ceil(num_batches / accumulation_steps)``: a shorter last group still makes an update (fairseq's
+    ``GroupedIterator`` with ``--update-freq``, accelerate's gradient accumulation at the end of a
+    dataloader); ``num_batches // accumulation_steps`` when the remainder is dropped (fairseq's
+    ``--skip-remainder-batch``). Every recipe sizes epoch budgets with this one function.
+    """
+    num_batches = _check_step_count(num_batches, "num_batches")
+    accumulation_steps = _check_step_count(accumulation_steps, "accumulation_steps", allow_zero=False)
+    if drop_remainder:
+        return num_batches // accumulation_steps
+    return -(-num_batches // accumulation_steps)
+
+
 def _epochs_to_steps(epochs: float, name: str, steps_per_epoch: int | None, steps_per_epoch_name: str) -> int:
     if steps_per_epoch is None:
         raise ValueError(

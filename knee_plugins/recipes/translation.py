@@ -313,21 +313,27 @@ def run_generation(run: RunConfig, raw_references: Sequence[str]) -> tuple[float
 
 
 def count_updates_per_epoch(run: RunConfig) -> int:
-    """Updates in one epoch, measured with fairseq's own batching of the training data."""
-    from fairseq import options, tasks
+    """Updates in one epoch, measured with fairseq's own batching of the training data and counted
+    as the Knee scheduler counts them (``--update-freq``, ``--skip-remainder-batch``), so that a
+    linear or cosine baseline gets exactly Knee's budget."""
+    from fairseq import options, tasks, utils
+
+    from ..fairseq_plugin.epoch_budget import fairseq_updates_per_epoch
 
     argv = train_command(RunConfig(**{**run.__dict__, "schedule": "knee"}))
     parser = options.get_training_parser()
     args = options.parse_args_and_arch(parser, argv[len(prepare.fairseq_command("train")):])
     task = tasks.setup_task(args)
     task.load_dataset("train")
+    model_positions = (getattr(args, "max_source_positions", None), getattr(args, "max_target_positions", None))
     iterator = task.get_batch_iterator(
         dataset=task.dataset("train"), max_tokens=args.max_tokens,
-        max_positions=(args.max_source_positions, args.max_target_positions),
+        max_positions=utils.resolve_max_positions(
+            task.max_positions(), None if None in model_positions else model_positions, args.max_tokens),
         ignore_invalid_inputs=True, required_batch_size_multiple=args.required_batch_size_multiple,
         num_shards=run.batches.world_size, shard_id=0, seed=args.seed,
     )
-    return math.ceil(len(iterator) / run.batches.update_freq)
+    return fairseq_updates_per_epoch(len(iterator), run.batches.update_freq, bool(args.skip_remainder_batch))
 
 
 # --- command line -----------------------------------------------------------------------------
