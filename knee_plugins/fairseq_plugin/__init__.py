@@ -1,5 +1,7 @@
 """knee_plugins' fairseq plugin: ``--lr-scheduler knee`` / ``one_cycle``, ``--optimizer radam``,
 a ``weights_only`` allow-list for fairseq checkpoints and a clean exit of fairseq-train.
+The changes to fairseq's own objects are listed, checked and applied in :mod:`.patches`
+(``KNEE_PLUGINS_DISABLE_PATCHES=name,...`` switches them off).
 
 Importing this package registers everything with fairseq. That happens by itself once
 knee_plugins is installed (``_knee_plugins_fairseq_hook``, loaded by a .pth file, imports it as
@@ -10,15 +12,11 @@ See docs/fairseq.md.
 import importlib
 
 if __name__ == "knee_plugins.fairseq_plugin":
-    from . import checkpoint_safety, clean_exit, cli_help, distributed, epoch_budget  # noqa: F401
+    from . import patches
     from . import knee_lr_scheduler, one_cycle_lr_scheduler, radam  # noqa: F401
     from . import models  # noqa: F401
 
-    checkpoint_safety.allow_fairseq_checkpoint_globals()
-    epoch_budget.report_epoch_length_to_scheduler()
-    cli_help.show_plugin_options_in_help()
-    distributed.allow_cpu_torchrun()
-    clean_exit.stop_data_threads_at_exit()
+    patches.install()
 else:
     # ``--user-dir .../knee_plugins/fairseq_plugin`` imports this folder as a top-level module;
     # register the package itself (once) instead of a second copy.

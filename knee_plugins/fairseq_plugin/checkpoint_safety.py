@@ -4,7 +4,8 @@ fairseq calls ``torch.load`` without ``weights_only``; on torch >= 2.6 that refu
 checkpoint fairseq writes, because they hold a few Python objects besides tensors. Rather than
 ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1``, which turns the protection off for everything, this module
 allow-lists exactly those objects with :func:`torch.serialization.add_safe_globals`. Any other
-global in a checkpoint is still refused.
+global in a checkpoint is still refused. Installed as the patch ``checkpoint_globals`` of
+:mod:`.patches`.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ that look at the exit status.
 At exit (after the main thread has finished, before finalisation) each live consumer is handed a
 queue that refuses new items and its pending buffer is drained, so it stops at its next ``put``
 (within one batch) and is joined. ``--data-buffer-size 0`` avoids the thread altogether.
+Installed as the patch ``clean_exit`` of :mod:`.patches`.
 """
 
 import atexit

@@ -4,7 +4,8 @@ fairseq parses its command line twice and adds the options of the chosen ``--lr-
 ``--optimizer`` only before the second pass, but ``--help`` exits during the first one: no
 scheduler's options ever appear in the help. When help is requested for a training command line,
 this adds the options of ``knee``, ``one_cycle`` and ``radam`` to the help as argument groups.
-Nothing changes for any other command line.
+Nothing changes for any other command line. Installed as the patch ``cli_help`` of
+:mod:`.patches`.
 """
 
 import functools
@@ -32,7 +33,7 @@ def _add_plugin_groups(parser) -> None:
 def show_plugin_options_in_help() -> None:
     """Wrap ``fairseq.options.parse_args_and_arch`` (idempotent)."""
     original = options.parse_args_and_arch
-    if getattr(original, "_shows_knee_plugins", False):
+    if getattr(original, "__knee_plugins_patch__", None):
         return
 
     @functools.wraps(original)
@@ -44,5 +45,5 @@ def show_plugin_options_in_help() -> None:
             _add_plugin_groups(parser)
         return original(parser, input_args, *args, **kwargs)
 
-    parse_args_and_arch._shows_knee_plugins = True
+    parse_args_and_arch.__knee_plugins_patch__ = "cli_help"
     options.parse_args_and_arch = parse_args_and_arch

@@ -4,7 +4,7 @@ fairseq reads torchrun's environment (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``.
 ``_infer_torch_distributed_launch_init``, which sets ``device_id = RANK % torch.cuda.device_count()``
 and so fails with ZeroDivisionError on CPU-only machines (gloo runs, CI). With no CUDA device this
 sets the same fields with device id 0 (which fairseq never uses with ``--cpu``); with CUDA,
-fairseq's own code runs.
+fairseq's own code runs. Installed as the patch ``cpu_torchrun`` of :mod:`.patches`.
 """
 
 import functools
@@ -17,7 +17,7 @@ from fairseq.distributed import utils as distributed_utils
 def allow_cpu_torchrun() -> None:
     """Wrap fairseq's torchrun environment parser (idempotent)."""
     original = distributed_utils._infer_torch_distributed_launch_init
-    if getattr(original, "_allows_cpu", False):
+    if getattr(original, "__knee_plugins_patch__", None):
         return
 
     @functools.wraps(original)
@@ -30,5 +30,5 @@ def allow_cpu_torchrun() -> None:
         cfg.device_id = 0
         cfg.distributed_no_spawn = True
 
-    infer_torchrun_init._allows_cpu = True
+    infer_torchrun_init.__knee_plugins_patch__ = "cpu_torchrun"
     distributed_utils._infer_torch_distributed_launch_init = infer_torchrun_init

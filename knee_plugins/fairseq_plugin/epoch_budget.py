@@ -9,13 +9,13 @@ of batches one worker sees in that epoch. With update frequency ``F`` one epoch 
 ``GroupedIterator`` yields, so ``--max-epoch N`` is a budget of ``N`` such epochs.
 
 The epoch length is kept in the scheduler's ``state_dict``: a resumed run keeps the schedule it
-started with, and the LR stays a pure function of the update count.
+started with, and the LR stays a pure function of the update count. The wrapping is the patch
+``epoch_budget`` of :mod:`.patches`; without it, budgets in epochs fail with a clear error.
 """
 
 
 import functools
 import logging
-import math
 from dataclasses import dataclass, field
 from typing import List, Optional
 
@@ -24,7 +24,7 @@ from omegaconf import II
 from fairseq.dataclass import FairseqDataclass
 from fairseq.optim.lr_scheduler import LR_SCHEDULER_REGISTRY, FairseqLRScheduler
 
-from ..schedule import resolve_steps
+from ..schedule import resolve_steps, updates_per_epoch
 
 logger = logging.getLogger(__name__)
 
@@ -48,11 +48,16 @@ class EpochBudgetConfig(FairseqDataclass):
     skip_remainder_batch: bool = II("optimization.skip_remainder_batch")
 
 
-def updates_per_epoch(num_batches: int, update_freq: int, skip_remainder_batch: bool) -> int:
-    """Updates fairseq makes in an epoch of ``num_batches`` batches (per worker)."""
+def fairseq_updates_per_epoch(num_batches: int, update_freq: int, skip_remainder_batch: bool) -> int:
+    """Updates fairseq-train makes in an epoch of ``num_batches`` batches (per worker).
+
+    ``ceil(num_batches / update_freq)``; with ``--skip-remainder-batch`` fairseq 0.12 first drops
+    the epoch's last batch, full or not (``EpochBatchIterator``), then the last incomplete group of
+    ``update_freq`` batches (``GroupedIterator``): ``(num_batches - 1) // update_freq``.
+    """
     if skip_remainder_batch:
-        return num_batches // update_freq
-    return math.ceil(num_batches / update_freq)
+        return updates_per_epoch(max(0, num_batches - 1), update_freq, drop_remainder=True)
+    return updates_per_epoch(num_batches, update_freq)
 
 
 class EpochAwareLRScheduler(FairseqLRScheduler):
@@ -72,8 +77,16 @@ class EpochAwareLRScheduler(FairseqLRScheduler):
                 "per-epoch list)"
             )
         self.peak_lr = float(lrs[0])
+        if not self.peak_lr > 0:
+            raise ValueError(
+                f"--lr must be > 0 with --lr-scheduler {self.scheduler_name} (it is the seed "
+                f"LR), got {lrs[0]}"
+            )
         if cfg.total_num_update is not None and cfg.total_num_update <= 0:
             raise ValueError(f"--total-num-update must be > 0, got {cfg.total_num_update}")
+        for option, value in (("--max-update", cfg.max_update), ("--max-epoch", cfg.max_epoch)):
+            if value < 0:
+                raise ValueError(f"{option} must be >= 0 (0: no limit), got {value}")
         if cfg.total_num_update is None and cfg.max_update <= 0 and cfg.max_epoch <= 0:
             raise ValueError(
                 f"--lr-scheduler {self.scheduler_name} needs a training budget: pass "
@@ -143,11 +156,13 @@ class EpochAwareLRScheduler(FairseqLRScheduler):
                 f"--lr-scheduler {self.scheduler_name} with epoch-based durations needs a constant "
                 f"--update-freq, got {freqs}; give the durations in updates instead"
             )
-        length = updates_per_epoch(num_batches, int(freqs[0]), bool(self.cfg.skip_remainder_batch))
+        length = fairseq_updates_per_epoch(num_batches, int(freqs[0]), bool(self.cfg.skip_remainder_batch))
         if length <= 0:
             raise ValueError(
-                f"epoch {epoch} has no updates ({num_batches} batches, --update-freq {freqs[0]}); "
-                "the epoch-based budget of --lr-scheduler is empty"
+                f"epoch {epoch} has no updates ({num_batches} batches, --update-freq {freqs[0]}"
+                f"{', --skip-remainder-batch' if self.cfg.skip_remainder_batch else ''}); the "
+                f"epoch-based durations of --lr-scheduler {self.scheduler_name} "
+                f"({', '.join(self.epoch_options())}) would be empty"
             )
         if self.updates_per_epoch is None:
             self.updates_per_epoch = length
@@ -172,15 +187,37 @@ class EpochAwareLRScheduler(FairseqLRScheduler):
             self.updates_per_epoch = int(stored)
             self._build()
 
+    def epoch_options(self) -> List[str]:
+        """The options, as typed, that are counted in epochs."""
+        if self.cfg.total_num_update is None and self.cfg.max_epoch > 0:
+            return [f"--max-epoch {self.cfg.max_epoch}"]
+        return []
+
     def step_begin_epoch(self, epoch):
         if self.schedule is None:
-            raise ValueError(
-                f"--lr-scheduler {self.scheduler_name}: the number of updates per epoch is "
-                "unknown (it comes from fairseq's Trainer.get_train_iterator); outside "
-                "fairseq-train, give the budget and durations in updates (--max-update, "
-                "--total-num-update, --explore-updates)"
-            )
+            raise ValueError(self._unknown_epoch_length())
         return self.optimizer.get_lr()
+
+    def _unknown_epoch_length(self) -> str:
+        from . import patches
+
+        if patches.applied("epoch_budget"):
+            why = (
+                "it comes from fairseq's Trainer.get_train_iterator, which has not built the "
+                "training iterator yet (outside fairseq-train?)"
+            )
+        else:
+            state = patches.status().get("epoch_budget", "not installed")
+            why = (
+                "the plugin's 'epoch_budget' patch of fairseq, which reports it, is not in effect "
+                f"({state})"
+            )
+        return (
+            f"--lr-scheduler {self.scheduler_name} with {' and '.join(self.epoch_options())}: "
+            f"the number of updates per epoch is unknown: {why}. Give the budget and durations "
+            "in updates instead (--max-update or --total-num-update; --explore-updates or "
+            "--explore-ratio)"
+        )
 
     def step(self, epoch, val_loss=None):
         super().step(epoch, val_loss)
@@ -210,7 +247,7 @@ def report_epoch_length_to_scheduler() -> None:
     from fairseq.trainer import Trainer
 
     original = Trainer.get_train_iterator
-    if getattr(original, "_reports_epoch_length", False):
+    if getattr(original, "__knee_plugins_patch__", None):
         return
 
     @functools.wraps(original)
@@ -220,5 +257,5 @@ def report_epoch_length_to_scheduler() -> None:
             self.lr_scheduler.set_epoch_length(epoch, len(epoch_itr))
         return epoch_itr
 
-    get_train_iterator._reports_epoch_length = True
+    get_train_iterator.__knee_plugins_patch__ = "epoch_budget"
     Trainer.get_train_iterator = get_train_iterator

@@ -15,7 +15,7 @@ default ``0.5 T``) and floor ``r`` (``--end-lr-ratio``, or ``--end-learning-rate
 
 import logging
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import List, Optional
 
 from fairseq.optim.lr_scheduler import register_lr_scheduler
 
@@ -99,6 +99,11 @@ class KneeLRSchedule(EpochAwareLRScheduler):
             )
         if cfg.warmup_updates < 0:
             raise ValueError(f"--warmup-updates must be >= 0, got {cfg.warmup_updates}")
+        if cfg.warmup_init_lr < 0:
+            raise ValueError(
+                f"--warmup-init-lr must be >= 0, got {cfg.warmup_init_lr} (knee's warmup starts "
+                "from 0 by default; inverse_sqrt's -1 has no meaning here)"
+            )
         if cfg.end_learning_rate is not None and cfg.end_lr_ratio is not None:
             raise ValueError(
                 "give --end-learning-rate (an LR) or --end-lr-ratio (a fraction of --lr), not both"
@@ -107,6 +112,12 @@ class KneeLRSchedule(EpochAwareLRScheduler):
 
     def needs_epoch_length(self) -> bool:
         return super().needs_epoch_length() or self.cfg.explore_epochs is not None
+
+    def epoch_options(self) -> List[str]:
+        options = super().epoch_options()
+        if self.cfg.explore_epochs is not None:
+            options.append(f"--explore-epochs {self.cfg.explore_epochs}")
+        return options
 
     def _floor_ratio(self) -> float:
         cfg = self.cfg
@@ -142,7 +153,8 @@ class KneeLRSchedule(EpochAwareLRScheduler):
         else:
             ratio = DEFAULT_EXPLORE_RATIO if cfg.explore_ratio is None else cfg.explore_ratio
             explore = resolve_steps(float(ratio), name="--explore-ratio", total_steps=total)
-            source = f"--explore-ratio {ratio} x {total}"
+            default = "the default " if cfg.explore_ratio is None else ""
+            source = f"{default}--explore-ratio {ratio} x {total}"
         try:
             schedule = KneeSchedule(total, warmup, explore, self.end_lr_ratio)
         except ValueError as exc:

@@ -60,6 +60,9 @@ class FairseqRAdam(FairseqOptimizer):
 
     def __init__(self, cfg: FairseqRAdamConfig, params) -> None:
         super().__init__(cfg)
+        for option, value in (("--radam-eps", cfg.radam_eps), ("--weight-decay", cfg.weight_decay)):
+            if not value >= 0:
+                raise ValueError(f"{option} must be >= 0 with --optimizer radam, got {value}")
         self._optimizer = torch.optim.RAdam(params, **self.optimizer_config)
 
     @property

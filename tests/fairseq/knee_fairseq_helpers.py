@@ -1,4 +1,5 @@
-"""Helpers of the fairseq plugin tests: running the CLIs, a tiny model, parsing the json log."""
+"""Helpers of the fairseq plugin tests: running the CLIs, a tiny model, parsing the json log,
+building the plugin's schedulers in-process."""
 
 import json
 import os
@@ -6,6 +7,12 @@ import random
 import subprocess
 import sys
 from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from fairseq.optim import build_optimizer
+from fairseq.optim.lr_scheduler import LR_SCHEDULER_DATACLASS_REGISTRY, build_lr_scheduler
 
 BIN = Path(sys.executable).parent
 
@@ -87,3 +94,25 @@ def write_corpus(raw: Path) -> None:
             tgt.append(" ".join("v" + w[1:] for w in reversed(sentence)))
         (raw / f"{split}.de").write_text("\n".join(src) + "\n")
         (raw / f"{split}.en").write_text("\n".join(tgt) + "\n")
+
+
+LR = 10.0
+
+
+def make(scheduler: str, optimizer: str = "radam", lr: float = LR, max_update: int = 0,
+         max_epoch: int = 0, update_freq=(1,), **options):  # fmt: skip
+    """Build ``scheduler`` as fairseq does, on an optimizer over one parameter."""
+    lrs = lr if isinstance(lr, list) else [lr]
+    globals_ = {"lr": lrs, "max_update": max_update, "max_epoch": max_epoch,
+                "update_freq": list(update_freq), "skip_remainder_batch": False}  # fmt: skip
+    fields = LR_SCHEDULER_DATACLASS_REGISTRY[scheduler].__dataclass_fields__
+    opt = build_optimizer(
+        OmegaConf.create({"_name": optimizer, "lr": lrs[:1]}), [torch.nn.Parameter(torch.zeros(2))]
+    )
+    globals_ = {k: v for k, v in globals_.items() if k in fields}
+    cfg = OmegaConf.create({"_name": scheduler, **globals_, **options})
+    return build_lr_scheduler(cfg, opt), opt
+
+
+def trace(scheduler, steps):
+    return [scheduler.step_update(t) for t in steps]

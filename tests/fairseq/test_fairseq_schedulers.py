@@ -7,30 +7,9 @@ import torch
 from omegaconf import OmegaConf
 
 from fairseq.optim import build_optimizer
-from fairseq.optim.lr_scheduler import LR_SCHEDULER_DATACLASS_REGISTRY, build_lr_scheduler
 from knee_plugins.schedule import knee_factor
 
-LR = 10.0
-
-
-def make(scheduler: str, optimizer: str = "radam", lr: float = LR, max_update: int = 0,
-         max_epoch: int = 0, update_freq=(1,), **options):  # fmt: skip
-    """Build ``scheduler`` as fairseq does, on an optimizer over one parameter."""
-    lrs = lr if isinstance(lr, list) else [lr]
-    globals_ = {"lr": lrs, "max_update": max_update, "max_epoch": max_epoch,
-                "update_freq": list(update_freq), "skip_remainder_batch": False}  # fmt: skip
-    fields = LR_SCHEDULER_DATACLASS_REGISTRY[scheduler].__dataclass_fields__
-    opt = build_optimizer(
-        OmegaConf.create({"_name": optimizer, "lr": lrs[:1]}), [torch.nn.Parameter(torch.zeros(2))]
-    )
-    globals_ = {k: v for k, v in globals_.items() if k in fields}
-    cfg = OmegaConf.create({"_name": scheduler, **globals_, **options})
-    return build_lr_scheduler(cfg, opt), opt
-
-
-def trace(scheduler, steps):
-    return [scheduler.step_update(t) for t in steps]
-
+from knee_fairseq_helpers import LR, make, trace
 
 def test_knee_equals_the_core_exactly():
     sched, _ = make("knee", max_update=20, warmup_updates=3, explore_updates=7)
@@ -71,37 +50,6 @@ def test_both_budgets_use_the_first_to_end():
     sched, _ = make("knee", max_update=100, max_epoch=3, explore_ratio=0.0)
     sched.set_epoch_length(1, 10)
     assert sched.schedule.total_steps == 30
-
-
-BAD = [
-    ({"max_update": 10, "explore_updates": 11}, "--explore-updates 11"),
-    ({"max_update": 10, "warmup_updates": 6, "explore_updates": 5}, "--warmup-updates"),
-    ({}, "--max-update, --max-epoch or --total-num-update"),
-    ({"max_update": 10, "explore_ratio": -0.1}, "--explore-ratio"),
-    ({"max_update": 10, "explore_ratio": 0.2, "explore_epochs": 1.0}, "--explore-epochs 1.0"),
-    ({"max_update": 10, "end_learning_rate": 1.0, "end_lr_ratio": 0.1}, "--end-lr-ratio"),
-    ({"max_update": 10, "end_learning_rate": 20.0}, "--end-learning-rate"),
-    ({"max_update": 10, "warmup_updates": -1}, "--warmup-updates"),
-    ({"total_num_update": 0, "max_update": 10}, "--total-num-update"),
-]
-
-
-@pytest.mark.parametrize("options, named", BAD)
-def test_bad_knee_options_name_the_option(options, named):
-    with pytest.raises(ValueError) as info:
-        make("knee", **options)
-    assert named in str(info.value)
-
-
-def test_explore_epochs_beyond_the_epoch_budget_fails_when_the_length_is_known():
-    sched, _ = make("knee", max_epoch=2, explore_epochs=3)
-    with pytest.raises(ValueError, match="--explore-epochs 3"):
-        sched.set_epoch_length(1, 10)
-
-
-def test_a_list_of_lrs_is_refused():
-    with pytest.raises(ValueError, match="--lr must be a single value"):
-        make("knee", max_update=10, lr=[1.0, 2.0])
 
 
 @pytest.mark.parametrize("three_phase, anneal", [(False, "cos"), (True, "linear")])
