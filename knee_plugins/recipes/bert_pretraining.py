@@ -5,7 +5,8 @@ each phase's sequence length, built with 🤗 datasets (``map`` with ``num_proc`
 large corpus is prepared once and memory-mapped afterwards. Example creation follows Google's
 ``create_pretraining_data.py`` as NVIDIA runs it: documents are cut into segment pairs of up to
 ``seq_length - 3`` tokens (10% of them shorter), sentence B is the real continuation or, with
-probability 0.5, taken from another document; 15% of the tokens (at most ``max_predictions`` per
+probability 0.5, taken from another document (a single long sentence takes the next one as B rather
+than always a random one, which keeps the labels near 50/50); 15% of the tokens (at most ``max_predictions`` per
 sequence) are predicted, of which 80% become ``[MASK]``, 10% a random token and 10% stay unchanged.
 ``[CLS]`` and ``[SEP]`` are never predicted.
 
@@ -28,6 +29,7 @@ import importlib.util
 import json
 import logging
 import random
+import re
 import xml.etree.ElementTree as ElementTree
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -80,6 +82,10 @@ def split_sentences(text: str) -> list[str]:
     return [sentence.strip() for sentence in segment("en", text) if sentence.strip()]
 
 
+_LEFTOVER_REFS = re.compile(r"<ref[^>]*/>|<ref[^>]*>.*?</ref>", re.IGNORECASE | re.DOTALL)
+_LEFTOVER_TAGS = re.compile(r"</?[a-zA-Z][^>]*>")
+
+
 def strip_wikitext(wikitext: str) -> list[str]:
     """Plain-text paragraphs of an article: references, templates, tables, files, categories and
     headings removed with mwparserfromhell, then its ``strip_code``."""
@@ -97,8 +103,11 @@ def strip_wikitext(wikitext: str) -> list[str]:
             code.remove(node)
         except ValueError:
             pass  # already gone with an enclosing node
+    text = code.strip_code()
+    # The parser leaves the odd tag it could not place (inside quotes, broken nesting) as text.
+    text = _LEFTOVER_TAGS.sub("", _LEFTOVER_REFS.sub("", text))
     paragraphs = []
-    for line in code.strip_code().splitlines():
+    for line in text.splitlines():
         line = line.strip().lstrip("*#:;").strip()
         if len(line.split()) >= 5:
             paragraphs.append(line)
@@ -309,7 +318,12 @@ def document_examples(
     config: MaskingConfig,
     rng: random.Random,
 ) -> list[dict[str, Any]]:
-    """MLM + NSP examples from one document (Google's ``create_instances_from_document``)."""
+    """MLM + NSP examples from one document (Google's ``create_instances_from_document``).
+
+    One change: where Google's code makes every single-sentence chunk a random-next pair (which
+    pushes the NSP labels well past 50% random when sentences are long against the sequence length),
+    a single-sentence chunk whose coin says "is next" takes the following sentence as segment B.
+    """
     max_tokens = config.seq_length - 3
     target_length = max_tokens if rng.random() >= config.short_seq_prob else rng.randint(2, max_tokens)
     examples, chunk, chunk_length, i = [], [], 0, 0
@@ -317,15 +331,19 @@ def document_examples(
         chunk.append(document[i])
         chunk_length += len(document[i])
         if i == len(document) - 1 or chunk_length >= target_length:
+            is_random_next = num_documents > 1 and rng.random() < config.random_next_prob
+            if len(chunk) == 1 and not is_random_next:
+                if i + 1 < len(document):  # B is the next sentence (Google's code would make this pair random)
+                    i += 1
+                    chunk.append(document[i])
+                else:
+                    is_random_next = num_documents > 1
             a_end = rng.randint(1, len(chunk) - 1) if len(chunk) >= 2 else 1
             tokens_a = [token for segment in chunk[:a_end] for token in segment]
             tokens_b: list[int] = []
-            is_random_next = len(chunk) == 1 or rng.random() < config.random_next_prob
-            if is_random_next and num_documents > 1:
-                for _ in range(10):
-                    other = rng.randint(0, num_documents - 1)
-                    if other != document_index:
-                        break
+            if is_random_next:
+                other = rng.randint(0, num_documents - 2)
+                other += other >= document_index  # any document but this one
                 other_document = all_documents[other]["sentences"]
                 if other_document:
                     for segment in other_document[rng.randint(0, len(other_document) - 1) :]:
@@ -334,7 +352,6 @@ def document_examples(
                             break
                 i -= len(chunk) - a_end  # the unused segments start the next pair
             else:
-                is_random_next = False
                 tokens_b = [token for segment in chunk[a_end:] for token in segment]
             if tokens_a and tokens_b:
                 _truncate_pair(tokens_a, tokens_b, max_tokens, rng)
@@ -658,7 +675,14 @@ def lamb_parameter_groups(model: Any, weight_decay: float) -> list[dict[str, Any
     ]
 
 
-def build_lamb(model: Any, learning_rate: float, weight_decay: float = 0.01, max_grad_norm: float = 1.0) -> Any:
+def build_lamb(
+    model: Any,
+    learning_rate: float,
+    weight_decay: float = 0.01,
+    max_grad_norm: float = 1.0,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-6,
+) -> Any:
     """pytorch-optimizer's ``Lamb`` set as close to NVIDIA's apex ``FusedLAMB`` as its options go.
 
     FusedLAMB (NVIDIA's BERT): gradients divided by ``max(global norm / max_grad_norm, 1)``, Adam
@@ -673,7 +697,7 @@ def build_lamb(model: Any, learning_rate: float, weight_decay: float = 0.01, max
     from pytorch_optimizer import Lamb
 
     optimizer = Lamb(
-        lamb_parameter_groups(model, weight_decay), lr=learning_rate, betas=(0.9, 0.999), eps=1e-6,
+        lamb_parameter_groups(model, weight_decay), lr=learning_rate, betas=betas, eps=eps,
         weight_decouple=False, pre_norm=max_grad_norm > 0, max_grad_norm=max_grad_norm, grad_averaging=True,
         adam_debias=True,
     )

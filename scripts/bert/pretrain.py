@@ -291,6 +291,7 @@ class PhaseTrainer:
         progress = tqdm(total=plan.steps, initial=completed, desc=f"phase {plan.phase}", disable=not accelerator.is_local_main_process)
         window, window_steps = torch.zeros(2, device=accelerator.device), 0
         step_losses = torch.zeros(2, device=accelerator.device)
+        step_sequences = torch.zeros((), dtype=torch.long, device=accelerator.device)
         start_time, start_step = time.perf_counter(), completed
         vocab_size = self.config.vocab_size
         model.train()
@@ -311,17 +312,20 @@ class PhaseTrainer:
                         scheduler.step()
                     optimizer.zero_grad()
                 step_losses += torch.stack([mlm_loss.detach(), nsp_loss.detach()]) / plan.gradient_accumulation_steps
+                step_sequences += batch["input_ids"].shape[0]
                 if not accelerator.sync_gradients:
                     continue
                 completed += 1
                 progress.update(1)
                 window += accelerator.reduce(step_losses, reduction="mean")
                 window_steps += 1
+                sequences = int(accelerator.reduce(step_sequences, reduction="sum"))
                 step_losses.zero_()
+                step_sequences.zero_()
                 if completed % args.logging_steps == 0 or completed == plan.steps:
                     mlm, nsp = (window / window_steps).tolist()
                     record = {"phase": plan.phase, "step": completed, "global_step": step_offset + completed,
-                              "lr": learning_rate, "mlm_loss": mlm, "nsp_loss": nsp}
+                              "lr": learning_rate, "mlm_loss": mlm, "nsp_loss": nsp, "global_batch": sequences}
                     progress.set_postfix(mlm=f"{mlm:.3f}", nsp=f"{nsp:.3f}", lr=f"{learning_rate:.3g}")
                     accelerator.log({"mlm_loss": mlm, "nsp_loss": nsp, "lr": learning_rate, "phase": plan.phase}, step=step_offset + completed)
                     if accelerator.is_main_process:
