@@ -61,6 +61,7 @@ from docs_helpers import (  # noqa: E402
     doc_files,
     free_names,
     make_targets,
+    skip_reason,
     split_commands,
 )
 
@@ -87,7 +88,8 @@ def python_target(words: list[str]) -> tuple[str, str, list[str]]:
 
 
 def script_steps(kind: str, target: str, args: list[str], launched: bool = False) -> list[tuple]:
-    """A script the docs run: ``--dry-run`` appended; under a launcher, its parse_args if it has no --dry-run."""
+    """A script the docs run: ``--dry-run`` appended; under a launcher, a self-contained script without
+    ``--dry-run`` gets its own ``parse_args(argv)`` instead."""
     if kind == "module" and target in FAIRSEQ_MODULES:
         return [("fairseq", FAIRSEQ_MODULES[target], args)]
     if kind == "module" and target == "accelerate.commands.launch":
@@ -98,12 +100,10 @@ def script_steps(kind: str, target: str, args: list[str], launched: bool = False
         return [("fairseq", Path(target).name, args)]
     if kind == "module":
         assert target.startswith("knee_plugins."), f"python -m {target}: only knee_plugins modules are dry-run"
-    if not launched or kind == "module" or "--dry-run" in Path(target).read_text():
-        return [("dry-run", kind, target, args if "--dry-run" in args else [*args, "--dry-run"])]
-    assert kind == "path" and "def parse_args(" in Path(target).read_text(), (
-        f"{target} has neither --dry-run nor parse_args(argv): the docs' command cannot be checked"
-    )
-    return [("parse-args", target, args)]
+    source = Path(target).read_text() if kind == "path" else ""
+    if launched and "--dry-run" not in source and "def parse_args(" in source:
+        return [("parse-args", target, args)]
+    return [("dry-run", kind, target, args if "--dry-run" in args else [*args, "--dry-run"])]
 
 
 def accelerate_steps(argv: list[str]) -> list[tuple]:
@@ -172,34 +172,41 @@ def plan(command: Command) -> list[tuple]:
 # Dry-runs: all commands of one script share one interpreter
 
 
-@pytest.fixture(scope="session")
+def planned_dry_runs() -> list[tuple]:
+    jobs = set()
+    for command in COMMANDS:
+        with contextlib.suppress(Exception):  # a command that cannot be planned fails in its own test
+            jobs.update((step[1], step[2], tuple(step[3])) for step in plan(command) if step[0] == "dry-run" and not command.skip)
+    return sorted(jobs)
+
+
+@pytest.fixture(scope="module", autouse=True)
 def dry_runs(tmp_path_factory):
-    """``run(kind, target, args) -> {"code", "output"}``; the first call runs every documented dry-run
-    in one interpreter (the recipes share their imports)."""
+    """``run(kind, target, args) -> {"code", "output"}``. Every documented dry-run starts at once, in the
+    background, in one interpreter (the recipes share their imports) while the in-process checks run."""
+    jobs = [{"kind": kind, "target": target, "args": list(args)} for kind, target, args in planned_dry_runs()]
     workdir = tmp_path_factory.mktemp("dry-runs")
+    (workdir / "jobs.json").write_text(json.dumps(jobs))
+    with open(workdir / "jobs.json") as stdin:
+        proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).with_name("docs_helpers.py"))],
+            stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=workdir,
+            env={**os.environ, **DRY_RUN_ENV},
+        )  # fmt: skip
     results: dict[tuple, dict] = {}
 
     def run(kind: str, target: str, args: list[str]) -> dict:
-        key = (kind, target, tuple(args))
-        if key not in results:
-            group = {key}
-            for command in COMMANDS:
-                with contextlib.suppress(Exception):
-                    group.update(
-                        (step[1], step[2], tuple(step[3])) for step in plan(command) if step[0] == "dry-run"
-                    )
-            jobs = [{"kind": k, "target": t, "args": list(a)} for k, t, a in sorted(group)]
-            proc = subprocess.run(
-                [sys.executable, str(Path(__file__).with_name("docs_helpers.py"))],
-                input=json.dumps(jobs), capture_output=True, text=True, cwd=workdir, timeout=600,
-                env={**os.environ, **DRY_RUN_ENV},
-            )  # fmt: skip
-            assert proc.returncode == 0, f"the dry-run runner crashed:\n{proc.stderr[-4000:]}"
-            for job, result in zip(jobs, json.loads(proc.stdout.strip().splitlines()[-1])):
+        if not results:
+            stdout, stderr = proc.communicate(timeout=600)
+            assert proc.returncode == 0, f"the dry-run runner crashed:\n{stderr[-4000:]}"
+            for job, result in zip(jobs, json.loads(stdout.strip().splitlines()[-1])):
                 results[(job["kind"], job["target"], tuple(job["args"]))] = result
-        return results[key]
+        return results[(kind, target, tuple(args))]
 
-    return run
+    yield run
+    if proc.poll() is None:
+        proc.kill()
+        proc.communicate()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -262,11 +269,8 @@ def test_every_code_block_has_a_known_language(block):
     )
 
 
-@pytest.mark.parametrize("command", COMMANDS, ids=[command.where for command in COMMANDS])
-def test_documented_command(command, dry_runs, tmp_path, monkeypatch):
-    if command.skip:
-        pytest.skip(command.skip)
-    monkeypatch.chdir(ROOT)
+def check(command: Command, dry_runs, tmp_path: Path) -> None:
+    """Run, dry-run or parse one documented command; AssertionError (or the host's error) when it is broken."""
     for step in plan(command):
         kind = step[0]
         if kind == "pip":
@@ -287,7 +291,45 @@ def test_documented_command(command, dry_runs, tmp_path, monkeypatch):
             assert result["code"] == 0, f"--dry-run exited {result['code']}:\n{result['output'][-4000:]}"
             assert result["output"].strip(), "--dry-run printed no plan"
         elif kind == "parse-args":
-            load_script(step[1]).parse_args(step[2])
+            stderr = io.StringIO()
+            try:
+                with contextlib.redirect_stderr(stderr):
+                    load_script(step[1]).parse_args(step[2])
+            except SystemExit as stop:
+                raise AssertionError(f"{step[1]} rejects {step[2]}: {last_lines(stderr.getvalue())}") from stop
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=[command.where for command in COMMANDS])
+def test_documented_command(command, dry_runs, tmp_path, monkeypatch):
+    if command.skip:
+        pytest.skip(command.skip)
+    monkeypatch.chdir(ROOT)
+    check(command, dry_runs, tmp_path)
+
+
+BROKEN_COMMANDS = [
+    ("fairseq-train DATA --arch transformer --optimizer radam --adam-betas '(0.9, 0.999)' --lr 3e-4 --lr-scheduler knee",
+     "unrecognized arguments: --adam-betas"),
+    ("fairseq-train DATA --arch transformer --optimizer radam --lr 3e-4 --lr-scheduler knee --max-update 100 "
+     "--explore-updates 200", "explore"),
+    ("torchrun --nproc_per_node 2 $(which fairseq-train) DATA ... --lr-scheduler kneee", "invalid choice: 'kneee'"),
+    ("fairseq-train DATA ... --distributed-rank $NO_SUCH_VARIABLE", "no placeholder value"),
+    ("accelerate launch --no_such_flag 1 scripts/accelerate/train_classifier_knee.py", "unrecognized arguments"),
+    ("accelerate launch scripts/accelerate/train_classifier_knee.py --checkpointing_steps sometimes", "checkpointing_steps"),
+    ("python scripts/no_such_task/run.py", "no such script"),
+    ("pip install torch numpy", "torch must be pinned"),
+    ("pip install sacrebleu", "pin it"),
+    ('pip install -c requirements/constraints.txt ".[no-such-extra]"', "no extra"),
+    ("make no-such-target", "no such Makefile target"),
+    ("frobnicate --all", "no check knows"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("text,message", BROKEN_COMMANDS, ids=[text.split()[0] + str(i) for i, (text, _) in enumerate(BROKEN_COMMANDS)])
+def test_a_broken_command_fails_its_check(text, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    with pytest.raises((AssertionError, ValueError), match=message):
+        check(Command(ROOT / "README.md", 0, text), None, tmp_path)
 
 
 def load_script(path: str):
@@ -407,19 +449,13 @@ def reset_accelerate_state():
         GradientState._reset_state()
 
 
-@pytest.mark.parametrize("block", SNIPPETS, ids=[block.where for block in SNIPPETS])
-def test_documented_python_snippet(block, tmp_path, monkeypatch):
-    if block.directive:
-        from docs_helpers import skip_reason
-
-        pytest.skip(skip_reason(block))
-    code = "\n".join(block.lines)
+def run_snippet(code: str, where: str, tmp_path: Path) -> dict:
+    """Execute a snippet in ``tmp_path`` with the prose's names supplied; returns its namespace."""
     unknown = free_names(code) - set(SNIPPET_NAMES)
     assert not unknown, (
         f"the snippet uses {sorted(unknown)}, which it neither defines nor imports; import it in the snippet, "
         "or add a tiny real value to SNIPPET_NAMES in tests/test_docs_commands.py"
     )
-    monkeypatch.chdir(tmp_path)
     for name, make in SNIPPET_FILES.items():
         if name in code:
             make(tmp_path / name)
@@ -427,6 +463,29 @@ def test_documented_python_snippet(block, tmp_path, monkeypatch):
     namespace = {"__name__": "__doc_snippet__", **{name: world[name] for name in sorted(free_names(code))}}
     reset_accelerate_state()
     try:
-        exec(compile(code, block.where, "exec"), namespace)
+        exec(compile(code, where, "exec"), namespace)
     finally:
         reset_accelerate_state()
+    return namespace
+
+
+@pytest.mark.parametrize("block", SNIPPETS, ids=[block.where for block in SNIPPETS])
+def test_documented_python_snippet(block, tmp_path, monkeypatch):
+    if block.directive:
+        pytest.skip(skip_reason(block))
+    monkeypatch.chdir(tmp_path)
+    run_snippet("\n".join(block.lines), block.where, tmp_path)
+
+
+@pytest.mark.parametrize(
+    "code,error",
+    [
+        ("scheduler = KneeLR(optimizer, total_steps=10)", "uses \\['KneeLR'\\]"),
+        ("optimizer.step()\n    scheduler.step()", "unexpected indent"),
+        ("from knee_plugins import KneeLR\nKneeLR(optimizer, total_steps=10, warmup_steps=20)", "warmup"),
+    ],
+)
+def test_a_broken_snippet_fails(code, error, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises((AssertionError, SyntaxError, ValueError), match=error):
+        run_snippet(code, "snippet", tmp_path)
