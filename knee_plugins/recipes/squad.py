@@ -540,3 +540,37 @@ def load_features(args: argparse.Namespace, tokenizer: Any) -> dict[str, Any]:
         train, validation, tokenizer, max_length=args.max_seq_length, doc_stride=args.doc_stride
     )
     return {"train": train, "validation": validation, "train_features": train_features, "eval_features": eval_features}
+
+
+def compare_table(results: Sequence[Mapping[str, Any]]) -> str:
+    """A Markdown table of finished runs: route, schedule, data size, updates, final EM/F1, wall time."""
+    header = ("route", "schedule", "train questions", "dev questions", "updates", "EM", "F1", "wall s")
+    rows = [header, tuple("---" for _ in header)]
+    for result in results:
+        rows.append((
+            result["route"], result["schedule"], str(result["num_train_examples"]), str(result["num_eval_examples"]),
+            str(result["total_steps"]), f"{result['final']['exact_match']:.2f}", f"{result['final']['f1']:.2f}",
+            f"{result['wall_time_s']:.0f}",
+        ))
+    return "\n".join("| " + " | ".join(row) + " |" for row in rows)
+
+
+def plot_comparison(path: Path, results: Sequence[Mapping[str, Any]]) -> None:
+    """One PNG: the LR per update and the dev F1 per evaluation of every run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (lr_axis, f1_axis) = plt.subplots(1, 2, figsize=(12, 4))
+    for result in results:
+        label = f"{result['route']} {result['schedule']}"
+        lr_axis.plot([s["step"] for s in result["steps"]], [s["lr"] for s in result["steps"]], label=label)
+        f1_axis.plot([e["step"] for e in result["evaluations"]], [e["f1"] for e in result["evaluations"]], marker="o", label=label)
+    lr_axis.set(xlabel="optimizer update", ylabel="learning rate", title="LR used by each update")
+    f1_axis.set(xlabel="optimizer update", ylabel="dev F1", title="dev SQuAD v1.1 F1")
+    lr_axis.legend()
+    f1_axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)

@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "results.json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
     squad.plot_run(output_dir / "curves.png", steps, results["evaluations"],
-                   f"SQuAD v1.1, Trainer {results['route']}, {args.schedule}: EM {final_record['exact_match']:.2f} F1 {final_record['f1']:.2f}")
+                   f"SQuAD v1.1, {results['route']}, {args.schedule}: EM {final_record['exact_match']:.2f} F1 {final_record['f1']:.2f}")
     logger.info("EM %.2f F1 %.2f; results in %s", final_record["exact_match"], final_record["f1"], output_dir / "results.json")
     return results
 

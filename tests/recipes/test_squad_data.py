@@ -250,3 +250,21 @@ def test_an_explore_phase_longer_than_the_budget_is_refused_naming_the_flags():
         squad.schedule_steps(args, steps_per_epoch=100)
     assert squad.schedule_steps(args.__class__(**{**vars(args), "explore": "1ep"}), 100) == {
         "total": 200, "warmup": 0, "explore": 100, "steps_per_epoch": 100}
+
+
+def test_compare_prints_one_row_per_run_and_draws_the_plot(tmp_path, capsys):
+    for schedule, f1 in (("knee", 61.234), ("linear", 58.5)):
+        run = tmp_path / schedule
+        run.mkdir()
+        (run / "results.json").write_text(json.dumps({
+            "route": "accelerate", "schedule": schedule, "num_train_examples": 800, "num_eval_examples": 300,
+            "total_steps": 4, "final": {"exact_match": 50.0, "f1": f1}, "wall_time_s": 99.6,
+            "steps": [{"step": s, "lr": 1e-4 * (4 - s) / 4} for s in range(1, 5)], "evaluations": [{"step": 4, "f1": f1}],
+        }))
+    load_script("compare").main([str(tmp_path / "knee"), str(tmp_path / "linear" / "results.json"), "--plot", str(tmp_path / "c.png")])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2] == "| accelerate | knee | 800 | 300 | 4 | 50.00 | 61.23 | 100 |"
+    assert lines[3].startswith("| accelerate | linear |") and len(lines) == 4
+    assert (tmp_path / "c.png").stat().st_size > 5_000
+    with pytest.raises(SystemExit):
+        load_script("compare").main([str(tmp_path / "missing.json")])
