@@ -4,9 +4,10 @@ fairseq-train (Knee and linear) → fairseq-generate + sacrebleu → table, resu
 from __future__ import annotations
 
 import json
-import math
 
 import pytest
+import sacrebleu
+from fairseq import checkpoint_utils
 
 from knee_plugins.recipes import translation
 from knee_plugins.schedule import knee_factor
@@ -28,12 +29,11 @@ def test_short_demo_writes_table_and_plots(tmp_path, capsys):
                         "wall s |")
     rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in table[2:]]
     assert [row[0] for row in rows] == ["knee", "linear"]
-    for row in rows:
-        assert row[1] == "1" and row[6] == str(UPDATES)
-        assert 0.0 <= float(row[2]) <= 100.0 and 0.0 <= float(row[3]) <= 100.0
-        assert math.isfinite(float(row[4]))
-
     results = json.loads((tmp_path / "results.json").read_text())
+    for row, result in zip(rows, results):
+        assert row[1] == "1" and row[6] == str(UPDATES)
+        assert (row[2], row[3], row[4]) == (f"{result['bleu_tokenized']:.2f}", f"{result['bleu_detokenized']:.2f}",
+                                            f"{result['best_valid_loss']:.3f}")
     assert [r["label"] for r in results] == ["knee", "linear"]
     assert [r["updates"] for r in results] == [UPDATES, UPDATES]
     peak = translation.TASKS["demo"].lr
@@ -45,10 +45,36 @@ def test_short_demo_writes_table_and_plots(tmp_path, capsys):
     for step, lr in linear_lrs.items():
         assert lr == pytest.approx(peak * (1 - step / UPDATES), rel=1e-3, abs=1e-9), step
     assert knee_lrs[UPDATES // 2] == pytest.approx(peak) and linear_lrs[UPDATES // 2] == pytest.approx(peak / 2)
-    assert results[0]["best_valid_loss"] == min(loss for _, loss in results[0]["valid_curve"])
 
-    generated = (tmp_path / "checkpoints" / "knee-full-seed1" / "generate-test.txt").read_text()
-    assert sum(line.startswith("H-") for line in generated.splitlines()) == HELDOUT
+    for result in results:
+        save_dir = tmp_path / "checkpoints" / f"{result['label']}-full-seed1"
+        # the table's BLEU is sacrebleu's on the translations fairseq-generate wrote
+        hypotheses, references = generated_pairs((save_dir / "generate-test.txt").read_text())
+        assert len(hypotheses) == HELDOUT
+        assert result["bleu_tokenized"] == pytest.approx(
+            sacrebleu.corpus_bleu(hypotheses, [references], tokenize="none").score, abs=1e-9)
+        # the scored checkpoint is the one whose valid loss is lowest in fairseq's own log
+        valid = {}
+        for line in (save_dir / "train.log").read_text().splitlines():
+            if "| valid | " in line:
+                record = json.loads(line.split("| valid | ", 1)[1])
+                valid[int(record["valid_num_updates"])] = float(record["valid_loss"])
+        best = checkpoint_utils.load_checkpoint_to_cpu(str(save_dir / "checkpoint_best.pt"))
+        best_updates = best["optimizer_history"][-1]["num_updates"]
+        assert len(valid) >= 2 and valid[best_updates] == min(valid.values())
+        assert result["best_valid_loss"] == valid[best_updates]
     for name in ("lr_curves.png", "valid_loss.png", "bleu.png"):
         data = (tmp_path / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000, name
+
+
+def generated_pairs(output: str) -> tuple[list[str], list[str]]:
+    """(hypotheses, references) in sentence order from a fairseq-generate output."""
+    hypotheses, references = {}, {}
+    for line in output.splitlines():
+        if line.startswith(("H-", "T-")):
+            tag, text = line.split("\t", 1)[0], line.split("\t")[-1]
+            (hypotheses if tag[0] == "H" else references)[int(tag[2:])] = text
+    order = sorted(references)
+    return [hypotheses[i] for i in order], [references[i] for i in order]
+
