@@ -211,7 +211,11 @@ def main(argv: list[str] | None = None) -> int:
         f"{total_steps} updates ({steps_per_epoch} per epoch), warmup {plan['warmup']}, explore {plan['explore']}"
     )
     log_path, eval_path = output_dir / "log.jsonl", output_dir / "evaluations.jsonl"
-    log = open(log_path, "a", encoding="utf-8") if accelerator.is_main_process else None
+    log = None
+    if accelerator.is_main_process:
+        if not completed_steps:
+            eval_path.unlink(missing_ok=True)
+        log = open(log_path, "a" if completed_steps else "w", encoding="utf-8")
     eval_every = None if args.eval_every == "epoch" else int(args.eval_every)
     checkpoint_every = None if args.checkpointing_steps in (None, "epoch") else int(args.checkpointing_steps)
     progress_bar = tqdm(range(total_steps), initial=completed_steps, disable=not accelerator.is_local_main_process)
