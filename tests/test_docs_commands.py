@@ -12,8 +12,8 @@ What each command gets:
 - ``fairseq-train`` / ``fairseq-generate`` / ``fairseq-preprocess`` (also as the script of
   ``torchrun``, ``$(which fairseq-train)`` or ``-m fairseq_cli.train``): fairseq's own parser with the
   plugin loaded; a training command with a budget also builds its optimizer and LR scheduler, which
-  validates the schedule's options. ``...`` stands for the user's other options (the test fills
-  ``--arch``/``--optimizer``, and ``DATA`` when a command starts with ``...``, when they are hidden), ``DATA`` for a data directory.
+  validates the schedule's options. ``DATA`` is any data directory; ``...`` stands for the user's other
+  options, and where it hides ``--arch``/``--optimizer`` (or, leading, the data) the test fills them in.
 - ``accelerate launch [flags] script args``: accelerate's launch parser, then the script with
   ``--dry-run`` if it has one, else its ``parse_args(argv)``.
 - ``torchrun``: torch's own parser, then the script as above.
@@ -34,7 +34,10 @@ its commands are reported as skipped with that reason.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import importlib
+import importlib.util
 import io
 import json
 import os
@@ -141,7 +144,7 @@ def last_lines(text: str, count: int = 2) -> str:
 
 def plan(command: Command) -> list[tuple]:
     steps = []
-    for env, argv in split_commands(command.text):
+    for _env, argv in split_commands(command.text):
         assert argv, f"an empty command: {command.text}"
         program, words = argv[0], argv[1:]
         if program in SHELL_BUILTINS:
@@ -199,7 +202,7 @@ def dry_runs(tmp_path_factory):
         if not results:
             stdout, stderr = proc.communicate(timeout=600)
             assert proc.returncode == 0, f"the dry-run runner crashed:\n{stderr[-4000:]}"
-            for job, result in zip(jobs, json.loads(stdout.strip().splitlines()[-1])):
+            for job, result in zip(jobs, json.loads(stdout.strip().splitlines()[-1]), strict=True):
                 results[(job["kind"], job["target"], tuple(job["args"]))] = result
         return results[(kind, target, tuple(args))]
 
@@ -279,7 +282,9 @@ def check(command: Command, dry_runs, tmp_path: Path) -> None:
             missing = set(step[1]) - make_targets()
             assert not missing and step[1], f"make {' '.join(step[1])}: no such Makefile target {sorted(missing)}"
         elif kind == "knee-plan":
-            proc = subprocess.run([str(BIN / "knee-plan"), *step[1]], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+            proc = subprocess.run(
+                [str(BIN / "knee-plan"), *step[1]], check=False, capture_output=True, text=True, cwd=tmp_path, timeout=300
+            )
             assert proc.returncode == 0, proc.stderr[-3000:]
             if step[2]:
                 shown = [" ".join(line.split()) for line in step[2]]
@@ -333,8 +338,6 @@ def test_a_broken_command_fails_its_check(text, message, tmp_path, monkeypatch):
 
 
 def load_script(path: str):
-    import importlib.util
-
     spec = importlib.util.spec_from_file_location(f"doc_script_{Path(path).parent.name}_{Path(path).stem}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -409,10 +412,6 @@ def _optimizer(world):
     return torch.optim.AdamW(world["model"].parameters(), lr=1e-3)
 
 
-def _module(name):
-    return lambda world: __import__(name)
-
-
 def _trainer_class(world):
     from transformers import Trainer
 
@@ -420,8 +419,8 @@ def _trainer_class(world):
 
 
 SNIPPET_NAMES = {
-    "torch": _module("torch"),
-    "math": _module("math"),
+    "torch": lambda world: importlib.import_module("torch"),
+    "math": lambda world: importlib.import_module("math"),
     "model": _tiny_model,
     "train": lambda world: TokenDataset(),
     "loader": _loader,
@@ -433,12 +432,15 @@ SNIPPET_NAMES = {
     "Trainer": _trainer_class,
 }
 
+def _fairseq_like_checkpoint(path: Path) -> None:
+    """What a fairseq-train checkpoint holds beyond tensors and containers: an argparse.Namespace."""
+    import torch
+
+    torch.save({"args": argparse.Namespace(arch="transformer", lr=[3e-4]), "model": {"w": torch.zeros(2)}}, path)
+
+
 # Files a snippet opens by name, created in its working directory before it runs.
-SNIPPET_FILES = {
-    "checkpoint_best.pt": lambda path: __import__("torch").save(
-        {"args": __import__("argparse").Namespace(arch="transformer", lr=[3e-4]), "model": {}}, path
-    ),
-}
+SNIPPET_FILES = {"checkpoint_best.pt": _fairseq_like_checkpoint}
 
 
 def reset_accelerate_state():
