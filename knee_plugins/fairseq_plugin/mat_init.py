@@ -140,9 +140,9 @@ def proximal_init(
     checkpoint["model"] = branch_state_dict(checkpoint["model"], attention, ffn)
     dropout = branch_dropout if branch_dropout is not None else float(_get(options, "branch_dropout", 0.0) or 0.0)
     for target in all_options:
-        _set(target, "arch", new_arch)
-        if _get(target, "_name") is not None:
-            _set(target, "_name", new_arch)
+        for name in ("arch", "_name"):
+            if _get(target, name) is not None:
+                _set(target, name, new_arch)
         for side in ("encoder", "decoder"):
             _set(target, f"{side}_branches", attention[side])
             _set(target, f"{side}_pffn_branches", ffn[side])

@@ -13,6 +13,9 @@ schedule (and seed):
 4. ``fairseq-generate`` on each phase's best-valid checkpoint (beam and length penalty of the MAT
    README) and BLEU as the translation recipes compute it.
 
+A finished phase leaves ``result.json`` in its directory and is not trained again when the recipe
+is rerun; an interrupted phase resumes from its ``checkpoint_last.pt`` (fairseq's own resume).
+
 Both phases use the paper's settings (shared README §2): Adam (0.9, 0.98), lr 5e-4, 4000 warmup
 updates from 1e-7, no clipping or weight decay, label smoothing 0.1, dropout 0.3, attention and
 activation dropout 0; IWSLT'14 De→En 200 epochs per phase, Knee exploring until epoch 100 (the
@@ -46,7 +49,7 @@ from typing import Sequence
 from tqdm import tqdm
 
 from . import prepare, translation
-from .results import RunResult, write_results_json
+from .results import RunResult, read_results_json, write_results_json
 
 logger = logging.getLogger(__name__)
 
@@ -239,6 +242,11 @@ def run_fairseq_train(command: Sequence[str], save_dir: Path, label: str, seed: 
     return RunResult(label, seed, wall, updates, float(best["valid_loss"]), float(best["valid_ppl"]), lr_curve, valid)
 
 
+def read_results(work_dir: Path) -> list[RunResult]:
+    """The runs a MAT recipe wrote to ``work_dir/results.json`` (labels ``<schedule> phase <k>``)."""
+    return read_results_json(work_dir / "results.json")
+
+
 # --- data ---------------------------------------------------------------------------------------
 
 def prepare_data(args: argparse.Namespace, recipe: MatRecipe, work_dir: Path) -> tuple[Path, list[str]]:
@@ -356,14 +364,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     results: list[RunResult] = []
     for run in runs:
         for phase in (1, 2):
-            if phase == 2:
-                logger.info("%s", shlex.join(init_command(run)))
-                subprocess.run(init_command(run), check=True)
+            done = run.phase_dir(phase) / "result.json"
             label = f"{run.schedule} phase {phase}"
-            result = run_fairseq_train(train_command(run, phase), run.phase_dir(phase), label, run.seed, total)
-            if not args.skip_generate:
+            if done.exists():
+                logger.info("%s seed %d: already trained, reusing %s", label, run.seed, done)
+                result = read_results_json(done)[0]
+            else:
+                if phase == 2:
+                    logger.info("%s", shlex.join(init_command(run)))
+                    subprocess.run(init_command(run), check=True)
+                result = run_fairseq_train(train_command(run, phase), run.phase_dir(phase), label, run.seed, total)
+                write_results_json([result], done)
+            if not args.skip_generate and result.bleu_tokenized is None:
                 result.bleu_tokenized, result.bleu_detokenized = translation.run_generation(
                     run.translation_run(phase), raw_test)
+                write_results_json([result], done)
             results.append(result)
             write_results_json(results, work_dir / "results.json")
             logger.info("%s seed %d: valid loss %.3f, BLEU %s, %.0f s training", label, run.seed,

@@ -164,3 +164,33 @@ def test_two_phases_init_and_generate(data_bin, tmp_path):
     hypotheses = [line for line in generate.stdout.splitlines() if line.startswith("H-")]
     assert len(hypotheses) == 20
     assert "Exception in thread" not in phase1_log + phase2_log + generate.stdout
+
+
+@pytest.mark.slow
+def test_demo_runs_both_phases_for_both_schedules(tmp_path, capsys, monkeypatch):
+    """The demo path end to end at a tiny size: embedded corpus -> BPE -> fairseq-preprocess ->
+    for knee and inverse_sqrt: phase 1, knee-mat-init, phase 2, fairseq-generate + BLEU per phase."""
+    monkeypatch.delenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    updates, heldout = 8, 16
+    argv = ["--task", "demo", "--max-updates", str(updates), "--train-pairs", "200", "--heldout-pairs", str(heldout),
+            "--bpe-symbols", "200", "--work-dir", str(tmp_path), "--cpu",
+            "--fairseq-args", "--log-interval 1 --save-interval-updates 4"]
+    assert mat.main(argv) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")][2:]
+    assert [row.split("|")[1].strip() for row in rows] == [
+        "knee phase 1", "knee phase 2", "inverse_sqrt phase 1", "inverse_sqrt phase 2"]
+    results = {(r.label, r.seed): r for r in mat.read_results(tmp_path)}
+    for schedule in mat.SCHEDULES:
+        phase1, phase2 = results[(f"{schedule} phase 1", 1)], results[(f"{schedule} phase 2", 1)]
+        assert phase1.updates == phase2.updates == updates
+        assert phase2.lr_curve == phase1.lr_curve, "phase 2 reruns the schedule from its start"
+        for result in (phase1, phase2):
+            assert result.bleu_tokenized is not None and result.bleu_detokenized is not None
+        run_dir = tmp_path / "checkpoints" / f"{schedule}-seed1"
+        for phase in (1, 2):
+            hypotheses = [line for line in (run_dir / f"phase{phase}" / "generate-test.txt").read_text().splitlines()
+                          if line.startswith("H-")]
+            assert len(hypotheses) == heldout
+    knee_lrs = dict(results[("knee phase 1", 1)].lr_curve)
+    assert knee_lrs[updates] == 0 and knee_lrs[updates // 2] == pytest.approx(mat.TASKS["demo"].task.lr, rel=1e-4)
