@@ -10,6 +10,7 @@ See docs/fairseq.md.
 """
 
 import importlib
+import sys
 
 if __name__ == "knee_plugins.fairseq_plugin":
     from . import patches
@@ -19,5 +20,10 @@ if __name__ == "knee_plugins.fairseq_plugin":
     patches.install()
 else:
     # ``--user-dir .../knee_plugins/fairseq_plugin`` imports this folder as a top-level module;
-    # register the package itself (once) instead of a second copy.
+    # register the package itself (once) instead of a second copy. fairseq then imports the
+    # folder's ``models/*`` as ``<top-level name>.models.*``: give those names the modules
+    # already loaded, so that nothing registers twice.
     importlib.import_module("knee_plugins.fairseq_plugin")
+    for _name, _module in list(sys.modules.items()):
+        if _name.startswith("knee_plugins.fairseq_plugin."):
+            sys.modules.setdefault(__name__ + _name[len("knee_plugins.fairseq_plugin") :], _module)
