@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
+from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
@@ -13,7 +14,7 @@ from .schedule import Duration, KneeSchedule, knee_factor
 ARGUMENT_NAMES = {"total": "total_steps", "warmup": "warmup_steps", "explore": "explore_steps"}
 
 
-def apply_learning_rates(scheduler: LRScheduler, learning_rates: list[float]) -> None:
+def apply_learning_rates(scheduler: LRScheduler, learning_rates: Sequence[float | Tensor]) -> None:
     """Write ``learning_rates`` into the scheduler's optimizer groups and its ``get_last_lr()``."""
     for group, learning_rate in zip(scheduler.optimizer.param_groups, learning_rates, strict=True):
         group["lr"] = learning_rate
@@ -93,9 +94,9 @@ class KneeLR(LRScheduler):
         super().load_state_dict(state_dict)
         apply_learning_rates(self, self.get_lr())
 
-    def get_lr(self) -> list[float]:
+    def get_lr(self) -> list[float | Tensor]:
         factor = self._factor()
         return [base_lr * factor for base_lr in self.base_lrs]
 
-    def _get_closed_form_lr(self) -> list[float]:
+    def _get_closed_form_lr(self) -> list[float | Tensor]:
         return self.get_lr()

@@ -26,8 +26,7 @@ import math
 import numbers
 import re
 from dataclasses import dataclass
-from functools import partial
-from typing import Mapping, Union
+from typing import Mapping, Union, overload
 
 Duration = Union[int, float, str]
 
@@ -123,6 +122,28 @@ def knee_factor(
         return float(min_lr_ratio)
     remaining = 1.0 - (step - decay_start) / (total_steps - decay_start)
     return remaining * (1.0 - min_lr_ratio) + min_lr_ratio
+
+
+@overload
+def resolve_steps(
+    value: None,
+    *,
+    name: str,
+    total_steps: int | None = None,
+    steps_per_epoch: int | None = None,
+    steps_per_epoch_name: str = "steps_per_epoch",
+) -> None: ...
+
+
+@overload
+def resolve_steps(
+    value: Duration,
+    *,
+    name: str,
+    total_steps: int | None = None,
+    steps_per_epoch: int | None = None,
+    steps_per_epoch_name: str = "steps_per_epoch",
+) -> int: ...
 
 
 def resolve_steps(
@@ -245,17 +266,24 @@ class KneeSchedule:
             raise ValueError(
                 f"{name['total']}={total!r} must be a number of steps (int) or epochs ('50ep'), not a fraction"
             )
-        to_steps = partial(resolve_steps, steps_per_epoch=steps_per_epoch, steps_per_epoch_name=name["steps_per_epoch"])
-        total_steps = to_steps(total, name=name["total"])
+        total_steps = resolve_steps(
+            total, name=name["total"], steps_per_epoch=steps_per_epoch, steps_per_epoch_name=name["steps_per_epoch"]
+        )
         if not total_steps:
             raise ValueError(f"{name['total']} must be > 0, got {total!r}: the budget of optimizer steps is empty")
-        warmup_steps = to_steps(warmup or 0, name=name["warmup"], total_steps=total_steps) or 0
+        warmup_steps = resolve_steps(
+            warmup or 0, name=name["warmup"], total_steps=total_steps, steps_per_epoch=steps_per_epoch,
+            steps_per_epoch_name=name["steps_per_epoch"],
+        )
         if explore is None:
             explore_name = name["explore_ratio"]
             explore = check_fraction(explore_ratio, explore_name)
         else:
             explore_name = name["explore"]
-        explore_steps = to_steps(explore, name=explore_name, total_steps=total_steps) or 0
+        explore_steps = resolve_steps(
+            explore, name=explore_name, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
+            steps_per_epoch_name=name["steps_per_epoch"],
+        )
         validate_knee_args(
             total_steps=total_steps,
             warmup_steps=warmup_steps,

@@ -11,12 +11,12 @@ global in a checkpoint is still refused. Installed as the patch ``checkpoint_glo
 from __future__ import annotations
 
 import argparse
-from typing import List
+from typing import Any, Callable, List, Tuple, Union
 
 import torch
 
 
-def fairseq_checkpoint_globals() -> List[type]:
+def fairseq_checkpoint_globals() -> List[Union[Callable[..., Any], Tuple[Callable[..., Any], str]]]:
     """The types, besides tensors and plain containers, that fairseq 0.12 checkpoints hold.
 
     fairseq stores its config as plain containers (``OmegaConf.to_container``), except the model

@@ -45,5 +45,5 @@ def show_plugin_options_in_help() -> None:
             _add_plugin_groups(parser)
         return original(parser, input_args, *args, **kwargs)
 
-    parse_args_and_arch.__knee_plugins_patch__ = "cli_help"
+    parse_args_and_arch.__knee_plugins_patch__ = "cli_help"  # type: ignore[attr-defined]
     options.parse_args_and_arch = parse_args_and_arch

@@ -30,5 +30,5 @@ def allow_cpu_torchrun() -> None:
         cfg.device_id = 0
         cfg.distributed_no_spawn = True
 
-    infer_torchrun_init.__knee_plugins_patch__ = "cpu_torchrun"
+    infer_torchrun_init.__knee_plugins_patch__ = "cpu_torchrun"  # type: ignore[attr-defined]
     distributed_utils._infer_torch_distributed_launch_init = infer_torchrun_init

@@ -17,7 +17,7 @@ started with, and the LR stays a pure function of the update count. The wrapping
 import functools
 import logging
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Any, List, Optional
 
 from omegaconf import II
 
@@ -94,7 +94,7 @@ class EpochAwareLRScheduler(FairseqLRScheduler):
             )
         self.updates_per_epoch: Optional[int] = None
         self.num_updates = 0
-        self.schedule = None
+        self.schedule: Any = None  # what build_schedule returns, once the budget is known
         self.check_options()
         if not self.needs_epoch_length():
             self._build()
@@ -257,5 +257,5 @@ def report_epoch_length_to_scheduler() -> None:
             self.lr_scheduler.set_epoch_length(epoch, len(epoch_itr))
         return epoch_itr
 
-    get_train_iterator.__knee_plugins_patch__ = "epoch_budget"
+    get_train_iterator.__knee_plugins_patch__ = "epoch_budget"  # type: ignore[attr-defined]
     Trainer.get_train_iterator = get_train_iterator

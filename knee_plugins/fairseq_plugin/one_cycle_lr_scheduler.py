@@ -38,7 +38,7 @@ class OneCycleLRScheduleConfig(EpochBudgetConfig):
         default=1e4,
         metadata={"help": "the cycle ends at --lr / div-factor / final-div-factor"},
     )
-    anneal_strategy: ANNEAL_STRATEGIES = field(
+    anneal_strategy: ANNEAL_STRATEGIES = field(  # type: ignore[valid-type]  # fairseq's ChoiceEnum idiom
         default="cos", metadata={"help": "shape of each phase: cos (fast.ai) or linear"}
     )
     three_phase: bool = field(

@@ -11,7 +11,7 @@ The paper trains IWSLT'14 and WMT'14 with RAdam, betas (0.9, 0.999) and weight d
 
 
 import ast
-from collections.abc import Collection
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, List
 
@@ -33,7 +33,7 @@ class FairseqRAdamConfig(FairseqDataclass):
     weight_decay: float = field(
         default=0.0, metadata={"help": "weight decay (the paper uses 1e-4)"}
     )
-    radam_weight_decay_mode: WEIGHT_DECAY_MODES = field(
+    radam_weight_decay_mode: WEIGHT_DECAY_MODES = field(  # type: ignore[valid-type]  # fairseq's ChoiceEnum idiom
         default="decoupled",
         metadata={
             "help": "decoupled: shrink the weights by lr*wd each step (AdamW style, as the RAdam "
@@ -68,7 +68,7 @@ class FairseqRAdam(FairseqOptimizer):
     @property
     def optimizer_config(self) -> dict:
         """Arguments that override those stored in a checkpoint on resume."""
-        lr = self.cfg.lr[0] if isinstance(self.cfg.lr, Collection) else self.cfg.lr
+        lr = self.cfg.lr[0] if isinstance(self.cfg.lr, Sequence) else self.cfg.lr
         return {
             "lr": lr,
             "betas": _betas(self.cfg.radam_betas),
