@@ -279,6 +279,10 @@ class TransformerMBModel(TransformerModel):
     sub-layers (and optionally FFNs) are averages of independent branches with drop-branch."""
 
     @classmethod
+    def hub_models(cls):
+        return {}
+
+    @classmethod
     def add_args(cls, parser):
         super().add_args(parser)
         parser.add_argument("--encoder-branches", type=_branch_count, metavar="N",
