@@ -14,6 +14,8 @@ import contextlib
 import functools
 import io
 import json
+import logging
+import os
 import re
 import runpy
 import shlex
@@ -342,7 +344,8 @@ def free_names(code: str) -> set[str]:
 def _run_job(job: dict) -> dict:
     buffer = io.StringIO()
     code = 0
-    saved_argv, saved_path = sys.argv[:], sys.path[:]
+    saved_argv, saved_path, saved_cwd = sys.argv[:], sys.path[:], os.getcwd()
+    saved_handlers = logging.root.handlers[:]  # a basicConfig of one job must not log into its buffer later
     with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
         try:
             if job["kind"] == "module":
@@ -356,11 +359,13 @@ def _run_job(job: dict) -> dict:
             code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
             if not isinstance(stop.code, (int, type(None))):
                 print(stop.code, file=buffer)
-        except BaseException:  # a crash of one command must not hide the others' results
+        except Exception:  # a crash of one command must not hide the others' results
             traceback.print_exc(file=buffer)
             code = 1
         finally:
             sys.argv, sys.path[:] = saved_argv, saved_path
+            os.chdir(saved_cwd)
+            logging.root.handlers[:] = saved_handlers
     return {"code": code, "output": buffer.getvalue()}
 
 
