@@ -35,6 +35,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
+import torch
+
 from knee_plugins.schedule import KneeSchedule, resolve_steps
 
 logger = logging.getLogger(__name__)
@@ -662,6 +664,42 @@ def bert_config(model_config: str, vocab_size: int, max_position_embeddings: int
     return config
 
 
+class PretrainingLoss(torch.nn.Module):
+    """``BertForPreTraining``'s MLM + NSP losses with the vocabulary projection applied only at the
+    predicted positions (as NVIDIA's BERT does): the same losses and gradients as
+    ``BertForPreTraining(labels=..., next_sentence_label=...)``, without scoring the ~85% of positions
+    whose label is -100 against 30k words. Wrap the model with it before ``accelerator.prepare``.
+    """
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, attention_mask: torch.Tensor,
+        labels: torch.Tensor, next_sentence_label: torch.Tensor, per_example: bool = False,
+    ) -> dict[str, torch.Tensor]:
+        """Mean MLM and NSP losses, or with ``per_example`` their per-sequence sums and counts."""
+        outputs = self.model.bert(input_ids=input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask)
+        masked = labels != -100
+        mlm_logits = self.model.cls.predictions(outputs[0][masked]).float()
+        nsp_logits = self.model.cls.seq_relationship(outputs[1]).float()
+        nsp_labels = next_sentence_label.view(-1)
+        if not per_example:
+            return {
+                "mlm_loss": torch.nn.functional.cross_entropy(mlm_logits, labels[masked]),
+                "nsp_loss": torch.nn.functional.cross_entropy(nsp_logits, nsp_labels),
+            }
+        token_losses = torch.nn.functional.cross_entropy(mlm_logits, labels[masked], reduction="none")
+        mlm_sum = torch.zeros(labels.shape[0], device=labels.device).index_add_(0, masked.nonzero()[:, 0], token_losses)
+        return {
+            "mlm_loss_sum": mlm_sum,
+            "mlm_count": masked.sum(dim=1),
+            "nsp_loss": torch.nn.functional.cross_entropy(nsp_logits, nsp_labels, reduction="none"),
+            "nsp_correct": (nsp_logits.argmax(dim=-1) == nsp_labels).long(),
+        }
+
+
 def lamb_parameter_groups(model: Any, weight_decay: float) -> list[dict[str, Any]]:
     """Decay on weights, none on biases and LayerNorm; the no-decay group runs without trust ratio
     (``adam=True``), as FusedLAMB does for tensors whose weight decay is 0."""
@@ -750,6 +788,7 @@ __all__ = [
     "BUDGETS",
     "MaskingConfig",
     "PhasePlan",
+    "PretrainingLoss",
     "SpecialIds",
     "build_pretraining_data",
     "create_examples",

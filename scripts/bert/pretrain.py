@@ -129,8 +129,7 @@ def main(argv=None):
         return 0
 
     # Everything that can be wrong with the input is checked before the first step.
-    import torch
-    from accelerate import Accelerator, PartialState
+    from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration, GradientAccumulationPlugin
 
     from knee_plugins.recipes.bert_pretraining import bert_config, data_seq_length
@@ -143,8 +142,8 @@ def main(argv=None):
         seq_lengths = tuple(data_seq_length(data_dir, phase) for phase in (1, 2))
     except (FileNotFoundError, ValueError) as error:
         parser.error(str(error))
-    state = PartialState()
-    plans = resolve_plan(parser, args, state.num_processes, seq_lengths)
+    # WORLD_SIZE is what accelerate launch / torchrun start; the Accelerator's count below is authoritative.
+    resolve_plan(parser, args, int(os.environ.get("WORLD_SIZE", "1")), seq_lengths)
     from transformers import BertTokenizerFast
 
     tokenizer = BertTokenizerFast.from_pretrained(str(data_dir))
@@ -159,14 +158,16 @@ def main(argv=None):
     if args.phase == "2" and not args.init_checkpoint and not (output_dir / "phase1" / "final" / "config.json").is_file():
         parser.error(f"--phase 2 needs phase 1's weights: {output_dir}/phase1/final does not exist; pass --init-checkpoint")
 
+    # Each phase sets its own accumulation; optimizer steps are counted in micro-batches, not epochs.
     accelerator = Accelerator(
         mixed_precision=args.mixed_precision,
-        gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=plans[0].gradient_accumulation_steps, sync_with_dataloader=False),
+        gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=1, sync_with_dataloader=False),
         step_scheduler_with_optimizer=False,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
         log_with=None if args.report_to == "none" else args.report_to.split(","),
         project_dir=str(output_dir),
     )
+    plans = resolve_plan(parser, args, accelerator.num_processes, seq_lengths)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO if accelerator.is_main_process else logging.WARNING)
     logger.info("plan:\n%s", format_plan(plans))
     if accelerator.is_main_process:
@@ -208,14 +209,13 @@ class PhaseTrainer:
 
     def run(self, plan, init, step_offset):
         import torch
-        import torch.nn.functional as F
         from accelerate.utils import set_seed
         from torch.utils.data import DataLoader
         from tqdm.auto import tqdm
         from transformers import BertForPreTraining, DataCollatorForTokenClassification
 
         from knee_plugins import get_knee_schedule_with_warmup
-        from knee_plugins.recipes.bert_pretraining import build_lamb, load_phase_data, nvidia_poly_warmup_factor
+        from knee_plugins.recipes.bert_pretraining import PretrainingLoss, build_lamb, load_phase_data, nvidia_poly_warmup_factor
 
         accelerator, args = self.accelerator, self.args
         phase_dir = self.output_dir / f"phase{plan.phase}"
@@ -235,6 +235,7 @@ class PhaseTrainer:
             logger.info("phase %d starts from %s", plan.phase, init)
         else:
             model = BertForPreTraining(self.config)
+        model = PretrainingLoss(model)
 
         data = load_phase_data(args.data_dir, plan.phase)
         collator = DataCollatorForTokenClassification(self.tokenizer, pad_to_multiple_of=8)
@@ -293,18 +294,14 @@ class PhaseTrainer:
         step_losses = torch.zeros(2, device=accelerator.device)
         step_sequences = torch.zeros((), dtype=torch.long, device=accelerator.device)
         start_time, start_step = time.perf_counter(), completed
-        vocab_size = self.config.vocab_size
         model.train()
         while completed < plan.steps:
             train_dataloader.set_epoch(epoch)
             loader = accelerator.skip_first_batches(train_dataloader, skip) if skip else train_dataloader
             for batch in loader:
                 with accelerator.accumulate(model):
-                    outputs = model(
-                        input_ids=batch["input_ids"], token_type_ids=batch["token_type_ids"], attention_mask=batch["attention_mask"]
-                    )
-                    mlm_loss = F.cross_entropy(outputs.prediction_logits.view(-1, vocab_size).float(), batch["labels"].view(-1))
-                    nsp_loss = F.cross_entropy(outputs.seq_relationship_logits.view(-1, 2).float(), batch["next_sentence_label"].view(-1))
+                    losses = model(**batch)
+                    mlm_loss, nsp_loss = losses["mlm_loss"], losses["nsp_loss"]
                     accelerator.backward(mlm_loss + nsp_loss)
                     learning_rate = scheduler.get_last_lr()[0]
                     optimizer.step()
@@ -348,7 +345,7 @@ class PhaseTrainer:
         progress.close()
         train_seconds = time.perf_counter() - start_time
 
-        evaluation = self._evaluate(model, eval_dataloader, vocab_size) if eval_dataloader is not None else {}
+        evaluation = self._evaluate(model, eval_dataloader) if eval_dataloader is not None else {}
         summary = {"phase": plan.phase, "steps": plan.steps, "schedule": plan.schedule, "steps_this_run": completed - start_step,
                    "train_seconds": train_seconds, "steps_per_second": (completed - start_step) / train_seconds if train_seconds else None,
                    **evaluation}
@@ -357,7 +354,7 @@ class PhaseTrainer:
         if accelerator.is_main_process:
             staging = phase_dir / "final.tmp"
             shutil.rmtree(staging, ignore_errors=True)
-            accelerator.unwrap_model(model).save_pretrained(str(staging))
+            accelerator.unwrap_model(model).model.save_pretrained(str(staging))
             self.tokenizer.save_pretrained(str(staging))
             (staging / "phase_done.json").write_text(json.dumps(summary, indent=2) + "\n")
             shutil.rmtree(final_dir, ignore_errors=True)
@@ -366,29 +363,29 @@ class PhaseTrainer:
         accelerator.wait_for_everyone()
         return "done"
 
-    def _evaluate(self, model, dataloader, vocab_size):
+    def _evaluate(self, model, dataloader):
         import torch
-        import torch.nn.functional as F
 
         accelerator = self.accelerator
         model.eval()
-        totals = torch.zeros(4, device=accelerator.device, dtype=torch.float64)
+        totals = torch.zeros(5, device=accelerator.device, dtype=torch.float64)
         with torch.no_grad():
             for index, batch in enumerate(dataloader):
                 if index >= self.args.eval_batches:
                     break
-                outputs = model(input_ids=batch["input_ids"], token_type_ids=batch["token_type_ids"], attention_mask=batch["attention_mask"])
-                labels, nsp_labels = accelerator.gather_for_metrics((batch["labels"], batch["next_sentence_label"]))
-                mlm_logits, nsp_logits = accelerator.gather_for_metrics((outputs.prediction_logits, outputs.seq_relationship_logits))
-                masked = labels.view(-1) != -100
-                totals[0] += F.cross_entropy(mlm_logits.reshape(-1, vocab_size).float(), labels.reshape(-1), reduction="sum")
-                totals[1] += masked.sum()
-                totals[2] += F.cross_entropy(nsp_logits.float(), nsp_labels, reduction="sum")
-                totals[3] += nsp_labels.numel()
+                stats = accelerator.gather_for_metrics(model(**batch, per_example=True))
+                totals += torch.stack([
+                    stats["mlm_loss_sum"].sum(), stats["mlm_count"].sum(), stats["nsp_loss"].sum(),
+                    stats["nsp_correct"].sum(), torch.tensor(stats["nsp_loss"].numel(), device=accelerator.device),
+                ]).double()
         model.train()
-        if not totals[1] or not totals[3]:
+        if not totals[1] or not totals[4]:
             return {}
-        return {"eval_mlm_loss": (totals[0] / totals[1]).item(), "eval_nsp_loss": (totals[2] / totals[3]).item()}
+        return {
+            "eval_mlm_loss": (totals[0] / totals[1]).item(),
+            "eval_nsp_loss": (totals[2] / totals[4]).item(),
+            "eval_nsp_accuracy": (totals[3] / totals[4]).item(),
+        }
 
     def _save_state(self, checkpoint_dir, completed):
         """save_state into a staging folder renamed when complete, so a kill mid-save leaves the previous state usable."""
