@@ -636,11 +636,13 @@ def format_plan(plans: Iterable[PhasePlan]) -> str:
 # ----------------------------------------------------------------------------------------------
 # Model and optimizer
 
+# BERT-large / base and Google's smaller BERTs (Turc et al. 2019: tiny L2/H128, mini L4/H256, small L4/H512).
 MODEL_PRESETS = {
     "large": {"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16, "intermediate_size": 4096},
     "base": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072},
+    "small": {"hidden_size": 512, "num_hidden_layers": 4, "num_attention_heads": 8, "intermediate_size": 2048},
     "mini": {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 1024},
-    "tiny": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64},
+    "tiny": {"hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 512},
 }
 NO_DECAY = ("bias", "LayerNorm.weight", "LayerNorm.bias")
 
@@ -784,6 +786,60 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def run_summary(run_dir: str | Path) -> dict[str, Any]:
+    """Per phase of a finished run: MLM loss at the first and last logged steps (mean of the last
+    ``tail`` records), validation MLM loss and NSP accuracy, optimizer steps per second."""
+    run_dir = Path(run_dir)
+    records = read_metrics(run_dir / "metrics.jsonl")
+    config = json.loads((run_dir / "run_config.json").read_text()) if (run_dir / "run_config.json").is_file() else {}
+    phases = {}
+    for phase in (1, 2):
+        rows = [record for record in records if record["phase"] == phase]
+        done_path = run_dir / f"phase{phase}" / "final" / "phase_done.json"
+        if not rows or not done_path.is_file():
+            continue
+        done = json.loads(done_path.read_text())
+        tail = rows[-max(1, len(rows) // 10) :]
+        phases[phase] = {
+            "steps": done["steps"],
+            "first_mlm_loss": rows[0]["mlm_loss"],
+            "last_mlm_loss": sum(record["mlm_loss"] for record in tail) / len(tail),
+            "eval_mlm_loss": done.get("eval_mlm_loss"),
+            "eval_nsp_accuracy": done.get("eval_nsp_accuracy"),
+            "steps_per_second": done.get("steps_per_second"),
+        }
+    return {"run": str(run_dir), "schedule": config.get("schedule", "?"), "phases": phases}
+
+
+def format_comparison(summaries: Sequence[dict[str, Any]]) -> str:
+    """Markdown table of :func:`run_summary` results, then each run's steps/s against the first run's."""
+    header = ("schedule", "phase", "steps", "MLM loss first → last (train)", "MLM loss (valid)", "NSP acc (valid)", "steps/s")
+    rows = [header, tuple("---" for _ in header)]
+
+    def number(value: float | None, digits: int) -> str:
+        return "-" if value is None else f"{value:.{digits}f}"
+
+    for summary in summaries:
+        for phase, stats in summary["phases"].items():
+            rows.append((
+                summary["schedule"], str(phase), str(stats["steps"]),
+                f"{stats['first_mlm_loss']:.3f} → {stats['last_mlm_loss']:.3f}", number(stats["eval_mlm_loss"], 3),
+                number(stats["eval_nsp_accuracy"], 3), number(stats["steps_per_second"], 2),
+            ))
+    lines = ["| " + " | ".join(row) + " |" for row in rows]
+    reference = summaries[0] if summaries else None
+    for summary in summaries[1:]:
+        ratios = []
+        for phase, stats in summary["phases"].items():
+            base = reference["phases"].get(phase, {}).get("steps_per_second")
+            if base and stats["steps_per_second"]:
+                ratios.append(f"phase {phase} {reference['schedule']} ÷ {summary['schedule']} = {base / stats['steps_per_second']:.2f}")
+        if ratios:
+            lines.append("")
+            lines.append("optimizer steps/s: " + ", ".join(ratios))
+    return "\n".join(lines)
+
+
 __all__ = [
     "BUDGETS",
     "MaskingConfig",
@@ -793,6 +849,7 @@ __all__ = [
     "build_pretraining_data",
     "create_examples",
     "document_examples",
+    "format_comparison",
     "format_plan",
     "kjv_texts",
     "lee_texts",
@@ -806,6 +863,7 @@ __all__ = [
     "plan_phases",
     "plot_metrics",
     "read_metrics",
+    "run_summary",
     "split_sentences",
     "strip_wikitext",
     "text_file_texts",

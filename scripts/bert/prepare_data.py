@@ -66,9 +66,6 @@ def parse_args(argv=None):
         parser.error(f"--dupe-factor must be >= 1, got {args.dupe_factor}")
     if not 0 <= args.validation_fraction < 1:
         parser.error(f"--validation-fraction must be in [0, 1), got {args.validation_fraction}")
-    for path in args.text_file:
-        if not Path(path).is_file():
-            parser.error(f"--text-file {path}: no such file")
     if args.vocab_file is None:
         from knee_plugins.recipes.hf_data import minilm_model_dir
 
@@ -88,6 +85,10 @@ def main(argv=None):
     if args.dry_run:
         print(json.dumps(plan, indent=2))
         return 0
+    for path in args.text_file:
+        if not Path(path).is_file():
+            print(f"prepare_data.py: error: --text-file {path}: no such file", file=sys.stderr)
+            return 2
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from knee_plugins.recipes.bert_pretraining import build_pretraining_data, load_documents, load_tokenizer

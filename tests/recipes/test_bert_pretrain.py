@@ -25,7 +25,7 @@ STEPS = (8, 6)
 LRS = (6e-3, 4e-3)
 # Global batch 16 = 1 process x 4 x 4 accumulation = 2 processes x 4 x 2 accumulation.
 TINY = [
-    "--model-config", "tiny", "--phase1-steps", str(STEPS[0]), "--phase2-steps", str(STEPS[1]),
+    "--phase1-steps", str(STEPS[0]), "--phase2-steps", str(STEPS[1]),
     "--global-batch-size", "16", "--per-device-batch-size", "4", "--logging-steps", "1",
     "--checkpointing-steps", "3", "--eval-batches", "2",
 ]
@@ -44,10 +44,23 @@ def free_port():
         return str(sock.getsockname()[1])
 
 
+def tiny_config(data_dir):
+    """A 2-layer BERT with hidden size 32 (a config file, the way users pass their own shape)."""
+    path = Path(data_dir) / "tiny-bert.json"
+    if not path.is_file():
+        config = bp.bert_config("tiny", 30522)
+        config.update({"hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 64})
+        config.to_json_file(str(path))
+    return str(path)
+
+
 def command(data_dir, output_dir, num_processes=1, *extra):
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
     launcher += ["--multi_gpu", "--num_processes", "2", "--main_process_port", free_port()] if num_processes == 2 else ["--num_processes", "1"]
-    return [*launcher, str(PRETRAIN), "--data-dir", str(data_dir), "--output-dir", str(output_dir), *TINY, *extra]
+    return [
+        *launcher, str(PRETRAIN), "--data-dir", str(data_dir), "--output-dir", str(output_dir),
+        "--model-config", tiny_config(data_dir), *TINY, *extra,
+    ]
 
 
 ENV = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -157,6 +170,7 @@ def test_lamb_groups_no_decay_on_bias_and_layernorm():
     from transformers import BertConfig, BertForPreTraining
 
     model = BertForPreTraining(bp.bert_config("tiny", 30522))
+    assert (model.config.hidden_size, model.config.num_hidden_layers) == (128, 2)  # Google's BERT-Tiny
     decay, no_decay = bp.lamb_parameter_groups(model, 0.01)
     names = {id(p): n for n, p in model.named_parameters()}
     assert decay["weight_decay"] == 0.01 and not decay["adam"] and no_decay["weight_decay"] == 0 and no_decay["adam"]
@@ -313,7 +327,7 @@ def bad(argv, capsys):
 
 
 def test_bad_input_names_the_option(data_dir, tmp_path, capsys):
-    base = ["--data-dir", str(data_dir), "--output-dir", str(tmp_path / "run"), "--model-config", "tiny"]
+    base = ["--data-dir", str(data_dir), "--output-dir", str(tmp_path / "run"), "--model-config", tiny_config(data_dir)]
     assert "--warmup + --explore = 5 + 5 steps exceeds phase 1's 8 steps" in bad(
         [*base, "--phase1-steps", "8", "--warmup", "0.6", "--explore", "0.6"], capsys)
     assert "--global-batch-size 10 (phase 1) is not a multiple of 1 processes x --per-device-batch-size 4" in bad(
