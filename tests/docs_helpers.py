@@ -35,7 +35,7 @@ PYTHON_LANGUAGES = {"python", "py"}
 TEXT_LANGUAGES = {"", "text", "yaml", "yml", "toml", "json", "ini"}
 
 # `$VAR` in a command: the value the test substitutes. A command with any other variable fails.
-VARIABLES = {"NODE_RANK": "1", "MASTER_HOST": "127.0.0.1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
+VARIABLES = {"NODE_RANK": "1", "MACHINE_RANK": "1", "MASTER_HOST": "127.0.0.1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
 # Commands that change only the shell's state; they are accepted without a check.
 SHELL_BUILTINS = {"cd", "export"}
 # `...` in a fairseq command stands for the user's other options; when it hides these, the test
