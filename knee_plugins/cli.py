@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from .schedule import KneeSchedule
+from .schedule import DECAY_TYPES, KneeSchedule
 
 DURATION_HELP = "steps (4000), a fraction of the budget (0.1 or 10%%) or epochs (40ep, needs --steps-per-epoch)"
 
@@ -31,6 +31,12 @@ def build_plan_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lr", type=float, default=1.0, help="seed (peak) learning rate; default 1 prints the multiplier")
     parser.add_argument(
         "--min-lr-ratio", type=float, default=0.0, help="final LR as a fraction of the seed LR, in [0, 1)"
+    )
+    parser.add_argument(
+        "--decay-type",
+        choices=DECAY_TYPES,
+        default="linear",
+        help="shape of the exploit phase: linear (the paper's), cosine, or 1-sqrt (the WSD cooldown)",
     )
     parser.add_argument(
         "--steps-per-epoch", type=int, default=None, help="optimizer updates per epoch, for durations in epochs"
@@ -97,6 +103,7 @@ def plan_main(argv: Sequence[str] | None = None) -> int:
             warmup=args.warmup,
             explore=args.explore,
             min_lr_ratio=args.min_lr_ratio,
+            decay_type=args.decay_type,
             steps_per_epoch=args.steps_per_epoch,
             names={"total": "--total-steps", "warmup": "--warmup", "explore": "--explore",
                    "min_lr_ratio": "--min-lr-ratio", "steps_per_epoch": "--steps-per-epoch"},

@@ -15,6 +15,7 @@ from .lr_scheduler import apply_learning_rates
 from .schedule import (
     Duration,
     KneeSchedule,
+    check_decay_type,
     check_fraction,
     check_min_lr_ratio,
     knee_factor,
@@ -34,6 +35,7 @@ CALLBACK_ARGUMENT_NAMES = {
     "explore": "KneeCallback(num_explore_steps)",
     "explore_ratio": "KneeCallback(explore_ratio)",
     "min_lr_ratio": "KneeCallback(min_lr_ratio)",
+    "decay_type": "KneeCallback(decay_type)",
 }
 
 
@@ -50,15 +52,16 @@ def get_knee_schedule_with_warmup(
     explore_ratio: float = 0.5,
     min_lr_ratio: float = 0.0,
     last_epoch: int = -1,
+    decay_type: str = "linear",
 ) -> LambdaLR:
     """
     Create a schedule with a learning rate that increases linearly from 0 to the initial lr set in the optimizer
     during a warmup period, stays at it while exploring, then decreases linearly to `min_lr_ratio` times the
-    initial lr at `num_training_steps` (the Knee / explore-exploit schedule).
+    initial lr at `num_training_steps` (the Knee / explore-exploit schedule); the decay can also be cosine or 1-sqrt.
 
     Step indexing is transformers': the factor is 0 at step 0 (with warmup), 1 at `num_warmup_steps`, and
     `min_lr_ratio` from `num_training_steps` on. With `min_lr_ratio=0` (or no warmup) it equals
-    `get_wsd_schedule(num_stable_steps=num_explore_steps, decay_type="linear")`; unlike WSD, warmup always
+    `get_wsd_schedule(num_stable_steps=num_explore_steps, decay_type=decay_type)`; unlike WSD, warmup always
     starts from 0.
 
     Args:
@@ -76,6 +79,8 @@ def get_knee_schedule_with_warmup(
             The final learning rate as a ratio of the initial learning rate.
         last_epoch (`int`, *optional*, defaults to -1):
             The index of the last epoch when resuming training.
+        decay_type (`str`, *optional*, defaults to `"linear"`):
+            The shape of the decay: `"linear"` (the paper's), `"cosine"` or `"1-sqrt"`, as in `get_wsd_schedule`.
 
     Return:
         `torch.optim.lr_scheduler.LambdaLR` with the appropriate schedule.
@@ -86,6 +91,7 @@ def get_knee_schedule_with_warmup(
         explore=num_explore_steps,
         explore_ratio=explore_ratio,
         min_lr_ratio=min_lr_ratio,
+        decay_type=decay_type,
         names=FACTORY_ARGUMENT_NAMES,
     )
     return LambdaLR(optimizer, _knee_lr_lambda(schedule), last_epoch)
@@ -127,14 +133,21 @@ class KneeCallback(TrainerCallback):
             Explore phase in optimizer steps; wins over `explore_ratio`.
         min_lr_ratio (`float`, *optional*, defaults to 0.0):
             Final learning rate as a ratio of `learning_rate`.
+        decay_type (`str`, *optional*, defaults to `"linear"`):
+            The shape of the decay: `"linear"` (the paper's), `"cosine"` or `"1-sqrt"`.
     """
 
     def __init__(
-        self, explore_ratio: float = 0.5, num_explore_steps: int | None = None, min_lr_ratio: float = 0.0
+        self,
+        explore_ratio: float = 0.5,
+        num_explore_steps: int | None = None,
+        min_lr_ratio: float = 0.0,
+        decay_type: str = "linear",
     ) -> None:
         self.explore_ratio = check_fraction(explore_ratio, "explore_ratio")
         self.num_explore_steps = resolve_steps(num_explore_steps, name="num_explore_steps")
         self.min_lr_ratio = check_min_lr_ratio(min_lr_ratio, "min_lr_ratio")
+        self.decay_type = check_decay_type(decay_type, "decay_type")
         self.schedule: KneeSchedule | None = None
         self._phase: str | None = None
 
@@ -152,6 +165,7 @@ class KneeCallback(TrainerCallback):
             explore=self.num_explore_steps,
             explore_ratio=self.explore_ratio,
             min_lr_ratio=self.min_lr_ratio,
+            decay_type=self.decay_type,
             names=CALLBACK_ARGUMENT_NAMES,
         )
         install_knee_schedule(kwargs.get("lr_scheduler"), self.schedule)

@@ -8,7 +8,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
-from .schedule import Duration, KneeSchedule, knee_factor
+from .schedule import Duration, KneeSchedule
 
 
 ARGUMENT_NAMES = {"total": "total_steps", "warmup": "warmup_steps", "explore": "explore_steps"}
@@ -38,6 +38,8 @@ class KneeLR(LRScheduler):
             ``explore_ratio``.
         explore_ratio: ``E`` as a fraction of ``T`` when ``explore_steps`` is None (paper: 0.5).
         min_lr_ratio: floor ``r`` in [0, 1) reached at ``T``. Default 0.
+        decay_type: shape of the exploit phase: ``"linear"`` (the paper's, default), ``"cosine"``
+            or ``"1-sqrt"``, as transformers' ``get_wsd_schedule`` names them.
         steps_per_epoch: optimizer updates per epoch, needed for durations in epochs.
         last_epoch: index of the last update when resuming; -1 starts fresh.
 
@@ -57,6 +59,7 @@ class KneeLR(LRScheduler):
         explore_steps: Duration | None = None,
         explore_ratio: float = 0.5,
         min_lr_ratio: float = 0.0,
+        decay_type: str = "linear",
         steps_per_epoch: int | None = None,
         last_epoch: int = -1,
     ) -> None:
@@ -66,6 +69,7 @@ class KneeLR(LRScheduler):
             explore=explore_steps,
             explore_ratio=explore_ratio,
             min_lr_ratio=min_lr_ratio,
+            decay_type=decay_type,
             steps_per_epoch=steps_per_epoch,
             names=ARGUMENT_NAMES,
         )
@@ -73,20 +77,17 @@ class KneeLR(LRScheduler):
         self.warmup_steps = schedule.warmup_steps
         self.explore_steps = schedule.explore_steps
         self.min_lr_ratio = float(schedule.min_lr_ratio)
+        self.decay_type = schedule.decay_type
         super().__init__(optimizer, last_epoch)
 
     @property
     def schedule(self) -> KneeSchedule:
-        return KneeSchedule(self.total_steps, self.warmup_steps, self.explore_steps, self.min_lr_ratio)
+        return KneeSchedule(
+            self.total_steps, self.warmup_steps, self.explore_steps, self.min_lr_ratio, self.decay_type
+        )
 
     def _factor(self) -> float:
-        return knee_factor(
-            self.last_epoch,
-            total_steps=self.total_steps,
-            warmup_steps=self.warmup_steps,
-            explore_steps=self.explore_steps,
-            min_lr_ratio=self.min_lr_ratio,
-        )
+        return self.schedule.factor(self.last_epoch)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore the step count and re-apply its LR, so the load order of optimizer and scheduler

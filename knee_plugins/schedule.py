@@ -8,8 +8,12 @@ phase that *follows* warmup), decay ``D = T - W - E`` steps and floor ratio ``r`
 
     m(t) = t / W                        0 <= t < W           (linear warmup from 0)
     m(t) = 1                            W <= t < W + E       (explore at the seed LR)
-    m(t) = r + (1 - r) * (T - t) / D    W + E <= t < T       (exploit: linear decay)
+    m(t) = r + (1 - r) * d(p)           W + E <= t < T       (exploit, p = (t - W - E) / D)
     m(t) = r                            t >= T
+
+with the decay shape ``d`` (``decay_type``, named as transformers' WSD schedule names them):
+``linear`` ``d(p) = 1 - p`` (the paper's, default), ``cosine`` ``d(p) = (1 + cos(pi p)) / 2``,
+``1-sqrt`` ``d(p) = 1 - sqrt(p)`` (the cooldown of Hägele et al. 2024).
 
 ``lr_g(t) = base_lr_g * m(t)`` for every parameter group ``g``. Step indexing follows
 transformers' schedules: ``t`` counts the optimizer updates already made, so the first update
@@ -31,6 +35,7 @@ from typing import Mapping, Union, overload
 Duration = Union[int, float, str]
 
 PHASES = ("warmup", "explore", "exploit", "done")
+DECAY_TYPES = ("linear", "cosine", "1-sqrt")
 
 _EPOCHS = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(?:ep|epoch|epochs)\s*$", re.IGNORECASE)
 _PERCENT = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*%\s*$")
@@ -74,25 +79,45 @@ def check_min_lr_ratio(value: object, name: str = "min_lr_ratio") -> float:
     return float(value)
 
 
+def check_decay_type(value: object, name: str = "decay_type") -> str:
+    """Return ``value`` if it is one of :data:`DECAY_TYPES`, else raise ``ValueError`` naming ``name``."""
+    if value not in DECAY_TYPES:
+        raise ValueError(f"{name} must be one of {', '.join(DECAY_TYPES)}, got {value!r}")
+    return str(value)
+
+
+def decay_shape(progress: float, decay_type: str = "linear") -> float:
+    """``d(p)``: the share of the seed LR above the floor left at decay progress ``p`` in [0, 1]."""
+    if decay_type == "linear":
+        return 1.0 - progress
+    if decay_type == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    if decay_type == "1-sqrt":
+        return 1.0 - math.sqrt(progress)
+    raise ValueError(f"decay_type must be one of {', '.join(DECAY_TYPES)}, got {decay_type!r}")
+
+
 def validate_knee_args(
     *,
     total_steps: int,
     warmup_steps: int,
     explore_steps: int,
     min_lr_ratio: float = 0.0,
+    decay_type: str = "linear",
     names: Mapping[str, str] | None = None,
 ) -> None:
     """Raise ``ValueError`` naming the argument and the fix if the Knee arguments are invalid.
 
-    ``names`` maps ``total_steps``, ``warmup_steps``, ``explore_steps`` and ``min_lr_ratio`` to the
-    names the caller's user typed (e.g. ``num_training_steps``, ``--warmup-updates``).
+    ``names`` maps ``total_steps``, ``warmup_steps``, ``explore_steps``, ``min_lr_ratio`` and
+    ``decay_type`` to the names the caller's user typed (e.g. ``num_training_steps``, ``--warmup-updates``).
     """
-    name = {key: key for key in ("total_steps", "warmup_steps", "explore_steps", "min_lr_ratio")}
+    name = {key: key for key in ("total_steps", "warmup_steps", "explore_steps", "min_lr_ratio", "decay_type")}
     name.update(names or {})
     total_steps = _check_step_count(total_steps, name["total_steps"], allow_zero=False)
     warmup_steps = _check_step_count(warmup_steps, name["warmup_steps"])
     explore_steps = _check_step_count(explore_steps, name["explore_steps"])
     check_min_lr_ratio(min_lr_ratio, name["min_lr_ratio"])
+    check_decay_type(decay_type, name["decay_type"])
     if warmup_steps + explore_steps > total_steps:
         raise ValueError(
             f"{name['warmup_steps']} ({warmup_steps} steps) + {name['explore_steps']} ({explore_steps} steps) "
@@ -102,7 +127,13 @@ def validate_knee_args(
 
 
 def knee_factor(
-    step: int, *, total_steps: int, warmup_steps: int, explore_steps: int, min_lr_ratio: float = 0.0
+    step: int,
+    *,
+    total_steps: int,
+    warmup_steps: int,
+    explore_steps: int,
+    min_lr_ratio: float = 0.0,
+    decay_type: str = "linear",
 ) -> float:
     """Multiplier ``m(step)`` of the seed LR (see the module docstring for the formula).
 
@@ -112,6 +143,7 @@ def knee_factor(
         warmup_steps: ``W``, linear warmup from 0.
         explore_steps: ``E``, constant phase after warmup.
         min_lr_ratio: floor ``r`` reached at ``T``.
+        decay_type: shape of the exploit phase, one of :data:`DECAY_TYPES`.
     """
     if step < warmup_steps:
         return step / max(1, warmup_steps)
@@ -120,7 +152,7 @@ def knee_factor(
         return 1.0
     if step >= total_steps:
         return float(min_lr_ratio)
-    remaining = 1.0 - (step - decay_start) / (total_steps - decay_start)
+    remaining = decay_shape((step - decay_start) / (total_steps - decay_start), decay_type)
     return remaining * (1.0 - min_lr_ratio) + min_lr_ratio
 
 
@@ -232,6 +264,7 @@ class KneeSchedule:
     warmup_steps: int = 0
     explore_steps: int = 0
     min_lr_ratio: float = 0.0
+    decay_type: str = "linear"
 
     def __post_init__(self) -> None:
         validate_knee_args(
@@ -239,6 +272,7 @@ class KneeSchedule:
             warmup_steps=self.warmup_steps,
             explore_steps=self.explore_steps,
             min_lr_ratio=self.min_lr_ratio,
+            decay_type=self.decay_type,
         )
 
     @classmethod
@@ -250,6 +284,7 @@ class KneeSchedule:
         explore: Duration | None = None,
         explore_ratio: float = 0.5,
         min_lr_ratio: float = 0.0,
+        decay_type: str = "linear",
         steps_per_epoch: int | None = None,
         names: Mapping[str, str] | None = None,
     ) -> "KneeSchedule":
@@ -258,9 +293,12 @@ class KneeSchedule:
         ``explore`` wins over ``explore_ratio`` (a fraction of the total budget, the paper's
         default 0.5). A fractional ``total`` makes no sense and is refused. ``names`` maps this
         method's argument names (``total``, ``warmup``, ``explore``, ``explore_ratio``,
-        ``min_lr_ratio``, ``steps_per_epoch``) to the caller's, so that errors name what the user typed.
+        ``min_lr_ratio``, ``decay_type``, ``steps_per_epoch``) to the caller's, so that errors name what the user typed.
         """
-        name = {key: key for key in ("total", "warmup", "explore", "explore_ratio", "min_lr_ratio", "steps_per_epoch")}
+        name = {
+            key: key
+            for key in ("total", "warmup", "explore", "explore_ratio", "min_lr_ratio", "decay_type", "steps_per_epoch")
+        }
         name.update(names or {})
         if isinstance(total, float) and not total.is_integer():
             raise ValueError(
@@ -289,10 +327,11 @@ class KneeSchedule:
             warmup_steps=warmup_steps,
             explore_steps=explore_steps,
             min_lr_ratio=min_lr_ratio,
-            names={"total_steps": name["total"], "warmup_steps": name["warmup"],
-                   "explore_steps": explore_name, "min_lr_ratio": name["min_lr_ratio"]},
+            decay_type=decay_type,
+            names={"total_steps": name["total"], "warmup_steps": name["warmup"], "explore_steps": explore_name,
+                   "min_lr_ratio": name["min_lr_ratio"], "decay_type": name["decay_type"]},
         )
-        return cls(total_steps, warmup_steps, explore_steps, min_lr_ratio)
+        return cls(total_steps, warmup_steps, explore_steps, min_lr_ratio, decay_type)
 
     @property
     def decay_start(self) -> int:
@@ -309,6 +348,7 @@ class KneeSchedule:
             warmup_steps=self.warmup_steps,
             explore_steps=self.explore_steps,
             min_lr_ratio=self.min_lr_ratio,
+            decay_type=self.decay_type,
         )
 
     def phase(self, step: int) -> str:

@@ -36,6 +36,7 @@ def test_durations_in_epochs(capsys):
         (["--total-steps", "0"], "error: --total-steps must be > 0"),
         (["--total-steps", "100", "--lr", "-1"], "error: --lr must be > 0"),
         (["--total-steps", "100", "--min-lr-ratio", "1"], "error: --min-lr-ratio must be in [0, 1)"),
+        (["--total-steps", "100", "--decay-type", "step"], "--decay-type: invalid choice: 'step'"),
     ],
 )
 def test_bad_input_exits_nonzero_with_a_message(argv, message, capsys):

@@ -7,6 +7,8 @@ import pytest
 import torch
 from transformers import get_wsd_schedule
 
+from knee_plugins.schedule import DECAY_TYPES
+
 from knee_plugins import KneeLR, get_knee_schedule_with_warmup, knee_factor
 
 
@@ -35,20 +37,37 @@ WSD_CASES = [
 ]
 
 
+@pytest.mark.parametrize("decay_type", DECAY_TYPES)
 @pytest.mark.parametrize("total,warmup,explore_ratio,min_lr_ratio", WSD_CASES)
-def test_equals_get_wsd_schedule_at_every_step(total, warmup, explore_ratio, min_lr_ratio):
+def test_equals_get_wsd_schedule_at_every_step(total, warmup, explore_ratio, min_lr_ratio, decay_type):
     explore = round(explore_ratio * total)
-    knee = get_knee_schedule_with_warmup(make_optimizer(groups=2), warmup, total, explore_ratio=explore_ratio, min_lr_ratio=min_lr_ratio)
+    knee = get_knee_schedule_with_warmup(make_optimizer(groups=2), warmup, total, explore_ratio=explore_ratio,
+                                         min_lr_ratio=min_lr_ratio, decay_type=decay_type)
+    torch_adapter = KneeLR(make_optimizer(groups=2), total_steps=total, warmup_steps=warmup,
+                           explore_ratio=explore_ratio, min_lr_ratio=min_lr_ratio, decay_type=decay_type)
     wsd = get_wsd_schedule(
         make_optimizer(groups=2),
         num_warmup_steps=warmup,
         num_decay_steps=total - warmup - explore,
         num_training_steps=total,
         warmup_type="linear",
-        decay_type="linear",
+        decay_type=decay_type,
         min_lr_ratio=min_lr_ratio,
     )
-    assert lr_trace(knee, total + 3) == lr_trace(wsd, total + 3)
+    expected = lr_trace(wsd, total + 3)
+    assert lr_trace(knee, total + 3) == expected
+    assert lr_trace(torch_adapter, total + 3) == expected
+
+
+def test_decay_shapes_by_hand():
+    lrs = {
+        decay_type: [round(lr[0], 4) for lr in lr_trace(
+            get_knee_schedule_with_warmup(make_optimizer(), 0, 8, num_explore_steps=4, decay_type=decay_type), 9)]
+        for decay_type in DECAY_TYPES
+    }
+    assert lrs["linear"] == [10.0] * 4 + [10.0, 7.5, 5.0, 2.5, 0.0]
+    assert lrs["cosine"] == [10.0] * 4 + [10.0, 8.5355, 5.0, 1.4645, 0.0]
+    assert lrs["1-sqrt"] == [10.0] * 4 + [10.0, 5.0, 2.9289, 1.3397, 0.0]
 
 
 def test_warmup_starts_from_zero_with_a_floor():
@@ -112,6 +131,7 @@ def test_schedule_is_picklable_and_built_on_partial():
         ((2.5, 10), {}, r"^num_warmup_steps=2.5"),
         ((0, 100), {"num_explore_steps": -5}, r"^num_explore_steps must be >= 0, got -5"),
         ((0, 100), {"num_explore_steps": "2ep"}, r"^num_explore_steps is given in epochs"),
+        ((0, 100), {"decay_type": "exponential"}, r"^decay_type must be one of linear, cosine, 1-sqrt"),
     ],
 )
 def test_bad_input(args, kwargs, message):

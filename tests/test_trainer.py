@@ -2,7 +2,15 @@
 
 import pytest
 import torch
-from transformers import BertConfig, BertForMaskedLM, Trainer, TrainerCallback, TrainerState, TrainingArguments
+from transformers import (
+    BertConfig,
+    BertForMaskedLM,
+    Trainer,
+    TrainerCallback,
+    TrainerState,
+    TrainingArguments,
+    get_wsd_schedule,
+)
 
 from knee_plugins import KneeCallback, KneeSchedule, get_knee_schedule_with_warmup
 
@@ -102,6 +110,19 @@ def test_callback_sizes_the_budget_from_epochs_with_gradient_accumulation_and_wa
     assert logged == pytest.approx(expected(schedule, range(1, 16)), rel=1e-12)
 
 
+def test_callback_decay_type_equals_transformers_wsd_schedule(tmp_path):
+    args = make_args(tmp_path, max_steps=12, warmup_steps=0)
+    _, logged = run(args, TokenDataset(48), [KneeCallback(num_explore_steps=4, decay_type="1-sqrt")])
+    wsd = get_wsd_schedule(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=LEARNING_RATE),
+                           num_warmup_steps=0, num_decay_steps=8, num_training_steps=12, decay_type="1-sqrt")
+    want = {}
+    for step in range(1, 13):
+        want[step] = wsd.get_last_lr()[0]
+        wsd.optimizer.step()
+        wsd.step()
+    assert logged == pytest.approx(want, rel=1e-12, abs=1e-15)
+
+
 def test_resume_from_checkpoint_continues_the_trajectory_and_ends_at_max_steps(tmp_path):
     dataset = TokenDataset(64)
     full_args = make_args(tmp_path / "full", max_steps=16, warmup_steps=2)
@@ -157,6 +178,7 @@ def test_a_scheduler_the_callback_cannot_drive_is_refused(tmp_path):
         (dict(explore_ratio=1.5), r"^explore_ratio=1.5"),
         (dict(num_explore_steps=-2), r"^num_explore_steps must be >= 0"),
         (dict(min_lr_ratio=1), r"^min_lr_ratio must be in \[0, 1\)"),
+        (dict(decay_type="exp"), r"^decay_type must be one of linear, cosine, 1-sqrt"),
     ],
 )
 def test_callback_rejects_bad_arguments_at_construction(kwargs, message):

@@ -9,7 +9,8 @@ onto it. With seed LR ``--lr`` = ``η``, after ``t`` updates::
 where ``m`` is the Knee multiplier over the budget ``T`` (``--total-num-update``, else
 ``--max-update``, else ``--max-epoch`` × updates per epoch), warmup ``W`` (``--warmup-updates``),
 explore ``E`` (``--explore-updates`` | ``--explore-epochs`` | ``--explore-ratio`` × ``T``,
-default ``0.5 T``) and floor ``r`` (``--end-lr-ratio``, or ``--end-learning-rate`` / ``η``).
+default ``0.5 T``), floor ``r`` (``--end-lr-ratio``, or ``--end-learning-rate`` / ``η``) and the
+decay's shape (``--decay-type linear|cosine|1-sqrt``).
 """
 
 
@@ -17,14 +18,16 @@ import logging
 from dataclasses import dataclass, field
 from typing import List, Optional
 
+from fairseq.dataclass import ChoiceEnum
 from fairseq.optim.lr_scheduler import register_lr_scheduler
 
-from ..schedule import KneeSchedule, resolve_steps
+from ..schedule import DECAY_TYPES, KneeSchedule, resolve_steps
 from .epoch_budget import EpochAwareLRScheduler, EpochBudgetConfig
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_EXPLORE_RATIO = 0.5
+DECAY_TYPE_CHOICES = ChoiceEnum(list(DECAY_TYPES))
 
 
 @dataclass
@@ -65,6 +68,13 @@ class KneeLRScheduleConfig(EpochBudgetConfig):
     end_lr_ratio: Optional[float] = field(
         default=None,
         metadata={"help": "LR reached at the end of the budget, as a fraction of --lr, in [0, 1)"},
+    )
+    decay_type: DECAY_TYPE_CHOICES = field(  # type: ignore[valid-type]  # fairseq's ChoiceEnum idiom
+        default="linear",
+        metadata={
+            "help": "shape of the exploit phase: linear (the paper's), cosine, or 1-sqrt (the cooldown "
+            "of WSD schedules); named as transformers' get_wsd_schedule names them"
+        },
     )
 
 
@@ -156,7 +166,7 @@ class KneeLRSchedule(EpochAwareLRScheduler):
             default = "the default " if cfg.explore_ratio is None else ""
             source = f"{default}--explore-ratio {ratio} x {total}"
         try:
-            schedule = KneeSchedule(total, warmup, explore, self.end_lr_ratio)
+            schedule = KneeSchedule(total, warmup, explore, self.end_lr_ratio, str(cfg.decay_type))
         except ValueError as exc:
             raise ValueError(
                 f"--lr-scheduler knee: warmup {warmup} + explore {explore} updates ({source}) "
@@ -164,12 +174,13 @@ class KneeLRSchedule(EpochAwareLRScheduler):
                 f"--warmup-updates or the explore option, or raise the budget [{exc}]"
             ) from None
         logger.info(
-            "Knee schedule: %d updates (%s): warmup %d, explore %d (%s), decay %d to %g x lr",
+            "Knee schedule: %d updates (%s): warmup %d, explore %d (%s), %s decay %d to %g x lr",
             total,
             self.budget_description(),
             schedule.warmup_steps,
             schedule.explore_steps,
             source,
+            schedule.decay_type,
             schedule.decay_steps,
             schedule.min_lr_ratio,
         )

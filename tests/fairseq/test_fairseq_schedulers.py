@@ -17,6 +17,16 @@ def test_knee_equals_the_core_exactly():
     assert trace(sched, range(25)) == want
 
 
+@pytest.mark.parametrize("decay_type", ["linear", "cosine", "1-sqrt"])
+def test_knee_decay_types_equal_the_core(decay_type):
+    sched, _ = make("knee", max_update=20, warmup_updates=3, explore_updates=7, end_lr_ratio=0.1,
+                    decay_type=decay_type)  # fmt: skip
+    want = [LR * knee_factor(t, total_steps=20, warmup_steps=3, explore_steps=7, min_lr_ratio=0.1,
+                             decay_type=decay_type) for t in range(25)]  # fmt: skip
+    assert trace(sched, range(25)) == want
+    assert sched.schedule.decay_type == decay_type
+
+
 def test_knee_hand_checked_table():
     sched, _ = make("knee", max_update=10, warmup_updates=2, explore_updates=4)
     assert trace(sched, range(11)) == [0, 5, 10, 10, 10, 10, 10, 7.5, 5, 2.5, 0]
