@@ -30,10 +30,11 @@ import json
 import logging
 import random
 import re
-import xml.etree.ElementTree as ElementTree
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
+from xml.etree import ElementTree
 
 import torch
 
@@ -182,7 +183,9 @@ def offline_texts(name: str) -> Iterator[str]:
     return sources[name]()
 
 
-def _texts_generator(sources: Sequence[str], text_files: Sequence[str], max_documents: int | None) -> Iterator[dict]:
+def _texts_generator(
+    sources: Sequence[str], text_files: Sequence[str], max_documents: int | None, file_stamps: Sequence[tuple] = ()
+) -> Iterator[dict]:
     count = 0
     streams = [(name, offline_texts(name)) for name in sources] + [(str(p), text_file_texts(p)) for p in text_files]
     for name, texts in streams:
@@ -216,7 +219,11 @@ def load_documents(
         parts.append(
             datasets.Dataset.from_generator(
                 _texts_generator,
-                gen_kwargs={"sources": tuple(sources), "text_files": tuple(str(p) for p in text_files), "max_documents": max_documents},
+                gen_kwargs={
+                    "sources": tuple(sources), "text_files": tuple(str(p) for p in text_files), "max_documents": max_documents,
+                    # part of the cache key, so an edited file is read again
+                    "file_stamps": tuple((str(p), Path(p).stat().st_size, Path(p).stat().st_mtime_ns) for p in text_files),
+                },
                 cache_dir=str(cache_dir) if cache_dir else None,
             )
         )
@@ -283,7 +290,7 @@ class SpecialIds:
     vocab_size: int
 
     @classmethod
-    def from_tokenizer(cls, tokenizer: Any) -> "SpecialIds":
+    def from_tokenizer(cls, tokenizer: Any) -> SpecialIds:
         return cls(tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.mask_token_id, len(tokenizer))
 
 
@@ -300,7 +307,7 @@ def mask_tokens(tokens: list[int], special: SpecialIds, config: MaskingConfig, r
     """Masked input ids and labels (-100 except at the predicted positions)."""
     candidates = [i for i, token in enumerate(tokens) if token not in (special.cls, special.sep)]
     rng.shuffle(candidates)
-    num_to_predict = min(config.max_predictions, max(1, int(round(len(tokens) * config.masked_lm_prob))))
+    num_to_predict = min(config.max_predictions, max(1, round(len(tokens) * config.masked_lm_prob)))
     input_ids, labels = list(tokens), [-100] * len(tokens)
     for index in sorted(candidates[:num_to_predict]):
         labels[index] = tokens[index]
@@ -413,7 +420,7 @@ def build_pretraining_data(
     tokenised = tokenised.filter(lambda sentences: len(sentences) > 0, input_columns="sentences", num_proc=num_proc)
     if len(tokenised) < 2:
         raise ValueError(f"the text gave {len(tokenised)} non-empty documents; NSP needs at least 2")
-    num_validation = max(1, int(round(validation_fraction * len(tokenised)))) if validation_fraction > 0 else 0
+    num_validation = max(1, round(validation_fraction * len(tokenised))) if validation_fraction > 0 else 0
     if num_validation >= len(tokenised):
         raise ValueError(f"--validation-fraction {validation_fraction} leaves no training documents")
     split = tokenised.train_test_split(test_size=num_validation, seed=seed) if num_validation else {"train": tokenised}
@@ -449,15 +456,15 @@ def load_phase_data(data_dir: str | Path, phase: int) -> Any:
     return datasets.load_from_disk(str(path))
 
 
-def data_seq_length(data_dir: str | Path, phase: int) -> int:
-    """The sequence length the phase's examples were made for (from ``data_config.json``)."""
+def data_phase_config(data_dir: str | Path, phase: int) -> dict[str, Any]:
+    """How the phase's examples were made (``seq_length``, ``max_predictions``, ...; from ``data_config.json``)."""
     path = Path(data_dir) / "data_config.json"
     if not path.is_file():
         raise FileNotFoundError(f"--data-dir {data_dir}: no data_config.json (run scripts/bert/prepare_data.py first)")
     phases = json.loads(path.read_text())["phases"]
     if len(phases) < phase:
         raise ValueError(f"--data-dir {data_dir} holds {len(phases)} phase(s), phase {phase} was asked for")
-    return int(phases[phase - 1]["seq_length"])
+    return dict(phases[phase - 1])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -533,7 +540,7 @@ def phase_steps(budget: str | int, phase_steps_override: Sequence[int | None] = 
             raise ValueError(f"--budget must be full, short or a number of optimizer steps, got {budget!r}") from None
     if total < 2:
         raise ValueError(f"--budget must be at least 2 optimizer steps, got {total}")
-    first = int(round(PHASE_FRACTIONS[0] * total))
+    first = round(PHASE_FRACTIONS[0] * total)
     steps = [first, total - first]
     for index, override in enumerate(phase_steps_override):
         if override is not None:
@@ -578,7 +585,7 @@ def plan_phases(
             fraction = float(warmups[index])
             if not 0.0 <= fraction < 1.0:
                 raise ValueError(f"--warmup for the poly schedule is a fraction of the phase in [0, 1), got {warmups[index]!r}")
-            warmup_steps = int(round(fraction * total))
+            warmup_steps = round(fraction * total)
         else:
             fraction = 0.0
             warmup_steps = resolve_steps(warmups[index], name="--warmup", total_steps=total) or 0
@@ -848,6 +855,7 @@ __all__ = [
     "SpecialIds",
     "build_pretraining_data",
     "create_examples",
+    "data_phase_config",
     "document_examples",
     "format_comparison",
     "format_plan",

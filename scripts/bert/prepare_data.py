@@ -18,7 +18,11 @@ import os
 import sys
 from pathlib import Path
 
-from knee_plugins.recipes.bert_pretraining import MAX_PREDICTIONS, OFFLINE_SOURCES, SEQ_LENGTHS
+from knee_plugins.recipes.bert_pretraining import (
+    MAX_PREDICTIONS,
+    OFFLINE_SOURCES,
+    SEQ_LENGTHS,
+)
 
 logger = logging.getLogger("bert_prepare")
 
@@ -91,7 +95,11 @@ def main(argv=None):
             return 2
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from knee_plugins.recipes.bert_pretraining import build_pretraining_data, load_documents, load_tokenizer
+    from knee_plugins.recipes.bert_pretraining import (
+        build_pretraining_data,
+        load_documents,
+        load_tokenizer,
+    )
 
     tokenizer = load_tokenizer(args.vocab_file, do_lower_case=not args.cased)
     output_dir = Path(args.output_dir)

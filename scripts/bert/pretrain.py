@@ -25,6 +25,7 @@ import shutil
 import signal
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from knee_plugins.recipes.bert_pretraining import (
@@ -102,13 +103,13 @@ def parse_args(argv=None):
     return parser, args
 
 
-def resolve_plan(parser, args, num_processes, seq_lengths=(128, 512)):
+def resolve_plan(parser, args, num_processes, seq_lengths=(128, 512), max_predictions=(20, 80)):
     try:
         return plan_phases(
             budget=args.budget, phase_steps_override=(args.phase1_steps, args.phase2_steps), schedule=args.schedule,
             warmup=args.warmup, explore=args.explore, learning_rates=args.learning_rate,
             global_batch_size=args.global_batch_size, per_device_batch_size=args.per_device_batch_size,
-            num_processes=num_processes, seq_lengths=seq_lengths,
+            num_processes=num_processes, seq_lengths=seq_lengths, max_predictions=max_predictions,
         )
     except ValueError as error:
         parser.error(str(error))
@@ -132,18 +133,20 @@ def main(argv=None):
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration, GradientAccumulationPlugin
 
-    from knee_plugins.recipes.bert_pretraining import bert_config, data_seq_length
+    from knee_plugins.recipes.bert_pretraining import bert_config, data_phase_config
 
     data_dir, output_dir = Path(args.data_dir), Path(args.output_dir)
     vocab_file = data_dir / "vocab.txt"
     if not vocab_file.is_file():
         parser.error(f"--data-dir {data_dir} has no vocab.txt: prepare it with scripts/bert/prepare_data.py --vocab-file VOCAB")
     try:
-        seq_lengths = tuple(data_seq_length(data_dir, phase) for phase in (1, 2))
+        made = [data_phase_config(data_dir, phase) for phase in (1, 2)]
     except (FileNotFoundError, ValueError) as error:
         parser.error(str(error))
+    seq_lengths = tuple(int(phase["seq_length"]) for phase in made)
+    max_predictions = tuple(int(phase["max_predictions"]) for phase in made)
     # WORLD_SIZE is what accelerate launch / torchrun start; the Accelerator's count below is authoritative.
-    resolve_plan(parser, args, int(os.environ.get("WORLD_SIZE", "1")), seq_lengths)
+    resolve_plan(parser, args, int(os.environ.get("WORLD_SIZE", "1")), seq_lengths, max_predictions)
     from transformers import BertTokenizerFast
 
     tokenizer = BertTokenizerFast.from_pretrained(str(data_dir))
@@ -167,7 +170,7 @@ def main(argv=None):
         log_with=None if args.report_to == "none" else args.report_to.split(","),
         project_dir=str(output_dir),
     )
-    plans = resolve_plan(parser, args, accelerator.num_processes, seq_lengths)
+    plans = resolve_plan(parser, args, accelerator.num_processes, seq_lengths, max_predictions)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO if accelerator.is_main_process else logging.WARNING)
     logger.info("plan:\n%s", format_plan(plans))
     if accelerator.is_main_process:
@@ -215,7 +218,12 @@ class PhaseTrainer:
         from transformers import BertForPreTraining, DataCollatorForTokenClassification
 
         from knee_plugins import get_knee_schedule_with_warmup
-        from knee_plugins.recipes.bert_pretraining import PretrainingLoss, build_lamb, load_phase_data, nvidia_poly_warmup_factor
+        from knee_plugins.recipes.bert_pretraining import (
+            PretrainingLoss,
+            build_lamb,
+            load_phase_data,
+            nvidia_poly_warmup_factor,
+        )
 
         accelerator, args = self.accelerator, self.args
         phase_dir = self.output_dir / f"phase{plan.phase}"
@@ -276,10 +284,21 @@ class PhaseTrainer:
                 "or lower --global-batch-size"
             )
 
-        # Resume from the newest complete state of this phase.
+        # Resume from the newest complete state of this phase, if it was saved under the same plan.
         checkpoint_dir = phase_dir / "checkpoints"
+        plan_file = phase_dir / "plan.json"
         completed = 0
         saved = sorted(checkpoint_dir.glob("step_*[0-9]")) if checkpoint_dir.is_dir() else []
+        if saved and plan_file.is_file() and json.loads(plan_file.read_text()) != asdict(plan):
+            raise SystemExit(
+                f"{saved[-1]} was saved under another plan ({plan_file}: {plan_file.read_text().strip()}); resume with the "
+                f"same options and number of processes, or use a new --output-dir"
+            )
+        if accelerator.is_main_process:
+            phase_dir.mkdir(parents=True, exist_ok=True)
+            plan_file.write_text(json.dumps(asdict(plan)) + "\n")
+            for partial_save in checkpoint_dir.glob("*.tmp") if checkpoint_dir.is_dir() else []:
+                shutil.rmtree(partial_save, ignore_errors=True)  # a save cut short by a kill
         if saved:
             accelerator.load_state(str(saved[-1]))
             completed = int(saved[-1].name.split("_")[1])
