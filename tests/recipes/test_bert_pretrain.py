@@ -310,6 +310,9 @@ def test_sigterm_saves_the_state_at_once_and_the_same_command_resumes(reference,
     stopped_at = max(r["step"] for r in metrics(tmp_path))
     assert f"SIGTERM: saved the state at phase 1 step {stopped_at}" in stderr
     assert (tmp_path / "phase1" / "checkpoints" / f"step_{stopped_at:08d}").is_dir()
+    other_split = [*cmd[: cmd.index("--per-device-batch-size") + 1], "2", *cmd[cmd.index("--per-device-batch-size") + 2 :]]
+    refused = subprocess.run(other_split, env=ENV, capture_output=True, text=True, timeout=600, check=False)
+    assert refused.returncode != 0 and "was saved under another plan" in refused.stderr
     resumed = run(cmd)
     assert f"phase 1 resumes at optimizer step {stopped_at}" in resumed.stderr
     assert metrics(tmp_path) == metrics(reference[0])
