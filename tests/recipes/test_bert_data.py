@@ -24,8 +24,13 @@ def built(tmp_path_factory, tokenizer):
     out = tmp_path_factory.mktemp("bert-data")
     documents = bp.load_documents(sources=["kjv"], max_documents=60, cache_dir=out / "cache")
     summary = bp.build_pretraining_data(
-        documents, tokenizer, out, seq_lengths=SEQ_LENGTHS, max_predictions=MAX_PREDICTIONS,
-        validation_fraction=0.1, seed=7,
+        documents,
+        tokenizer,
+        out,
+        seq_lengths=SEQ_LENGTHS,
+        max_predictions=MAX_PREDICTIONS,
+        validation_fraction=0.1,
+        seed=7,
     )
     return out, summary
 
@@ -101,11 +106,16 @@ def test_an_is_next_pair_is_two_consecutive_stretches_of_one_document(tokenizer)
     special = bp.SpecialIds.from_tokenizer(tokenizer)
     document = [[1000 + 10 * s + t for t in range(6)] for s in range(8)]  # 8 sentences of 6 distinct ids
     documents = [{"sentences": document}, {"sentences": [[5000 + t for t in range(6)] for _ in range(8)]}]
-    config = bp.MaskingConfig(seq_length=64, max_predictions=1, masked_lm_prob=1e-9, short_seq_prob=0.0)  # no truncation
+    config = bp.MaskingConfig(
+        seq_length=64, max_predictions=1, masked_lm_prob=1e-9, short_seq_prob=0.0
+    )  # no truncation
     seen = Counter()
     for seed in range(40):
         for example in bp.document_examples(document, 0, documents, 2, special, config, random.Random(seed)):
-            ids = [label if label != -100 else token for token, label in zip(example["input_ids"], example["labels"])]
+            ids = [
+                label if label != -100 else token
+                for token, label in zip(example["input_ids"], example["labels"], strict=True)
+            ]
             first_b = example["token_type_ids"].index(1)
             a, b = ids[1 : first_b - 1], ids[first_b:-1]
             seen[example["next_sentence_label"]] += 1
@@ -122,8 +132,12 @@ def test_an_is_next_pair_is_two_consecutive_stretches_of_one_document(tokenizer)
 
 def test_examples_do_not_depend_on_num_proc(tmp_path, tokenizer):
     documents = bp.load_documents(sources=["kjv"], max_documents=12, cache_dir=tmp_path / "cache")
-    one = bp.build_pretraining_data(documents, tokenizer, tmp_path / "one", seq_lengths=(32, 48), max_predictions=(5, 8), num_proc=None)
-    two = bp.build_pretraining_data(documents, tokenizer, tmp_path / "two", seq_lengths=(32, 48), max_predictions=(5, 8), num_proc=2)
+    one = bp.build_pretraining_data(
+        documents, tokenizer, tmp_path / "one", seq_lengths=(32, 48), max_predictions=(5, 8), num_proc=None
+    )
+    two = bp.build_pretraining_data(
+        documents, tokenizer, tmp_path / "two", seq_lengths=(32, 48), max_predictions=(5, 8), num_proc=2
+    )
     assert one == two
     for phase in (1, 2):
         assert phase_examples(tmp_path / "one", phase).to_dict() == phase_examples(tmp_path / "two", phase).to_dict()
@@ -146,7 +160,9 @@ def test_lee_and_kjv_sources_and_local_text_files(tmp_path):
     assert len(lee) == 300 and lee[0].startswith("Hundreds of people have been forced to vacate their homes")
     chapters = list(itertools.islice(bp.kjv_texts(), 2))
     assert chapters[0].splitlines()[0] == "In the beginning God created the heaven and the earth."
-    assert len(chapters[0].splitlines()) == 31 and chapters[1].startswith("Thus the heavens and the earth were finished")
+    assert len(chapters[0].splitlines()) == 31 and chapters[1].startswith(
+        "Thus the heavens and the earth were finished"
+    )
     path = tmp_path / "corpus.txt"
     path.write_text("First sentence. Second one.\nA line.\n\n\nOther document here.\n")
     assert list(bp.text_file_texts(path)) == ["First sentence. Second one.\nA line.", "Other document here."]
@@ -165,8 +181,12 @@ def test_a_missing_vocab_names_the_option(tmp_path):
 
 def test_a_datasets_builder_with_a_text_column(tmp_path):
     path = tmp_path / "docs.jsonl"
-    path.write_text("\n".join(json.dumps({"id": i, "body": text}) for i, text in enumerate(itertools.islice(bp.lee_texts(), 5))))
-    documents = bp.load_documents(hub_dataset="json", hub_data_files=str(path), text_column="body", cache_dir=tmp_path / "cache")
+    path.write_text(
+        "\n".join(json.dumps({"id": i, "body": text}) for i, text in enumerate(itertools.islice(bp.lee_texts(), 5)))
+    )
+    documents = bp.load_documents(
+        hub_dataset="json", hub_data_files=str(path), text_column="body", cache_dir=tmp_path / "cache"
+    )
     assert documents.column_names == ["text", "source"] and len(documents) == 5
     assert documents[0]["text"].startswith("Hundreds of people") and documents[0]["source"] == "json"
     with pytest.raises(ValueError, match="--text-column 'text'"):

@@ -25,9 +25,20 @@ STEPS = (8, 6)
 LRS = (6e-3, 4e-3)
 # Global batch 16 = 1 process x 4 x 4 accumulation = 2 processes x 4 x 2 accumulation.
 TINY = [
-    "--phase1-steps", str(STEPS[0]), "--phase2-steps", str(STEPS[1]),
-    "--global-batch-size", "16", "--per-device-batch-size", "4", "--logging-steps", "1",
-    "--checkpointing-steps", "3", "--eval-batches", "2",
+    "--phase1-steps",
+    str(STEPS[0]),
+    "--phase2-steps",
+    str(STEPS[1]),
+    "--global-batch-size",
+    "16",
+    "--per-device-batch-size",
+    "4",
+    "--logging-steps",
+    "1",
+    "--checkpointing-steps",
+    "3",
+    "--eval-batches",
+    "2",
 ]
 
 
@@ -55,11 +66,33 @@ def tiny_config(data_dir):
 
 
 def command(data_dir, output_dir, num_processes=1, *extra):
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    launcher += ["--multi_gpu", "--num_processes", "2", "--main_process_port", free_port()] if num_processes == 2 else ["--num_processes", "1"]
+    launcher = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+    ]
+    launcher += (
+        ["--multi_gpu", "--num_processes", "2", "--main_process_port", free_port()]
+        if num_processes == 2
+        else ["--num_processes", "1"]
+    )
     return [
-        *launcher, str(PRETRAIN), "--data-dir", str(data_dir), "--output-dir", str(output_dir),
-        "--model-config", tiny_config(data_dir), *TINY, *extra,
+        *launcher,
+        str(PRETRAIN),
+        "--data-dir",
+        str(data_dir),
+        "--output-dir",
+        str(output_dir),
+        "--model-config",
+        tiny_config(data_dir),
+        *TINY,
+        *extra,
     ]
 
 
@@ -178,7 +211,12 @@ def test_lamb_groups_no_decay_on_bias_and_layernorm():
     assert any("attention.self.query.weight" in names[id(p)] for p in decay["params"])
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
     large = bp.bert_config("large", 30522)
-    assert (large.hidden_size, large.num_hidden_layers, large.num_attention_heads, large.intermediate_size) == (1024, 24, 16, 4096)
+    assert (large.hidden_size, large.num_hidden_layers, large.num_attention_heads, large.intermediate_size) == (
+        1024,
+        24,
+        16,
+        4096,
+    )
     assert isinstance(large, BertConfig)
 
 
@@ -190,10 +228,27 @@ def test_lamb_groups_no_decay_on_bias_and_layernorm():
 def data_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("bert-pretrain-data")
     prepare = load_script(PREPARE, "bert_prepare")
-    assert prepare.main([
-        "--output-dir", str(out), "--source", "kjv", "--max-documents", "40", "--seq-length", "32", "64",
-        "--max-predictions", "5", "10", "--validation-fraction", "0.1",
-    ]) == 0
+    assert (
+        prepare.main(
+            [
+                "--output-dir",
+                str(out),
+                "--source",
+                "kjv",
+                "--max-documents",
+                "40",
+                "--seq-length",
+                "32",
+                "64",
+                "--max-predictions",
+                "5",
+                "10",
+                "--validation-fraction",
+                "0.1",
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -218,7 +273,9 @@ def test_two_phase_run_end_to_end(reference):
     assert [r["global_step"] for r in records] == list(range(1, 15))
     for phase in (1, 2):
         done = json.loads((out / f"phase{phase}" / "final" / "phase_done.json").read_text())
-        assert done["steps"] == STEPS[phase - 1] and math.isfinite(done["eval_mlm_loss"]) and done["steps_per_second"] > 0
+        assert (
+            done["steps"] == STEPS[phase - 1] and math.isfinite(done["eval_mlm_loss"]) and done["steps_per_second"] > 0
+        )
         assert not (out / f"phase{phase}" / "checkpoints").exists()
     phase1 = [r["mlm_loss"] for r in records if r["phase"] == 1]
     assert phase1[-1] < phase1[0] - 0.2, phase1  # MLM loss falls (starts at ln 30522 = 10.3)
@@ -246,7 +303,21 @@ def test_phase_2_starts_from_phase_1_weights_with_a_fresh_optimizer(reference, d
 
     phase1 = reference[0] / "phase1" / "final"
     # One phase-2 step at LR 0 (its warmup starts at 0) leaves the weights where phase 2 started.
-    run(command(data_dir, tmp_path, 1, "--phase", "2", "--init-checkpoint", str(phase1), "--phase2-steps", "1", "--warmup", "1"))
+    run(
+        command(
+            data_dir,
+            tmp_path,
+            1,
+            "--phase",
+            "2",
+            "--init-checkpoint",
+            str(phase1),
+            "--phase2-steps",
+            "1",
+            "--warmup",
+            "1",
+        )
+    )
     start = load_file(str(phase1 / "model.safetensors"))
     after = load_file(str(tmp_path / "phase2" / "final" / "model.safetensors"))
     assert start.keys() == after.keys()
@@ -261,7 +332,9 @@ def test_phase_2_starts_from_phase_1_weights_with_a_fresh_optimizer(reference, d
 
 
 def launch_and_stop(cmd, output_dir, phase, step, sig):
-    process = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    process = subprocess.Popen(
+        cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     path = Path(output_dir) / "metrics.jsonl"
     deadline = time.monotonic() + 300
     while process.poll() is None and time.monotonic() < deadline:
@@ -310,7 +383,11 @@ def test_sigterm_saves_the_state_at_once_and_the_same_command_resumes(reference,
     stopped_at = max(r["step"] for r in metrics(tmp_path))
     assert f"SIGTERM: saved the state at phase 1 step {stopped_at}" in stderr
     assert (tmp_path / "phase1" / "checkpoints" / f"step_{stopped_at:08d}").is_dir()
-    other_split = [*cmd[: cmd.index("--per-device-batch-size") + 1], "2", *cmd[cmd.index("--per-device-batch-size") + 2 :]]
+    other_split = [
+        *cmd[: cmd.index("--per-device-batch-size") + 1],
+        "2",
+        *cmd[cmd.index("--per-device-batch-size") + 2 :],
+    ]
     refused = subprocess.run(other_split, env=ENV, capture_output=True, text=True, timeout=600, check=False)
     assert refused.returncode != 0 and "was saved under another plan" in refused.stderr
     resumed = run(cmd)
@@ -333,9 +410,11 @@ def bad(argv, capsys):
 def test_bad_input_names_the_option(data_dir, tmp_path, capsys):
     base = ["--data-dir", str(data_dir), "--output-dir", str(tmp_path / "run"), "--model-config", tiny_config(data_dir)]
     assert "--warmup + --explore = 5 + 5 steps exceeds phase 1's 8 steps" in bad(
-        [*base, "--phase1-steps", "8", "--warmup", "0.6", "--explore", "0.6"], capsys)
+        [*base, "--phase1-steps", "8", "--warmup", "0.6", "--explore", "0.6"], capsys
+    )
     assert "--global-batch-size 10 (phase 1) is not a multiple of 1 processes x --per-device-batch-size 4" in bad(
-        [*base, "--global-batch-size", "10", "--per-device-batch-size", "4"], capsys)
+        [*base, "--global-batch-size", "10", "--per-device-batch-size", "4"], capsys
+    )
     (tmp_path / "novocab").mkdir()
     assert "--data-dir" in bad(["--data-dir", str(tmp_path / "novocab"), "--output-dir", str(tmp_path / "run")], capsys)
     assert "--phase 2 needs phase 1's weights" in bad([*base, "--phase", "2"], capsys)
