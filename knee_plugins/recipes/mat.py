@@ -41,12 +41,10 @@ import shlex
 import shutil
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from tqdm import tqdm
 
 from . import prepare, translation
 from .results import RunResult, read_results_json, write_results_json
@@ -209,39 +207,6 @@ def init_command(run: MatRun) -> list[str]:
                                  "--branches", str(run.recipe.branches)]
 
 
-def run_fairseq_train(command: Sequence[str], save_dir: Path, label: str, seed: int,
-                      total_updates: int | None) -> RunResult:
-    """Run one ``fairseq-train`` with a progress bar, keep its log in ``save_dir`` and read the
-    curves and the best valid loss from it (as :func:`translation.run_training` does)."""
-    save_dir.mkdir(parents=True, exist_ok=True)
-    logger.info("%s", shlex.join(command))
-    log_path = save_dir / "train.log"
-    lines: list[str] = []
-    start = time.monotonic()
-    with open(log_path, "w", encoding="utf-8") as log, \
-            subprocess.Popen(list(command), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as process, \
-            tqdm(total=total_updates, desc=f"{label} seed {seed}", unit="upd", leave=True, mininterval=1.0) as bar:
-        for line in process.stdout:
-            log.write(line)
-            lines.append(line)
-            record = translation.parse_log([line])
-            if record["train_inner"]:
-                bar.n = int(record["train_inner"][0]["num_updates"])
-                bar.set_postfix(loss=record["train_inner"][0]["loss"], lr=record["train_inner"][0]["lr"])
-    wall = time.monotonic() - start
-    if process.returncode:
-        raise RuntimeError(f"fairseq-train failed for {label} (exit {process.returncode}); see {log_path}:\n"
-                           + "".join(lines[-20:]))
-    records = translation.parse_log(lines)
-    if not records["valid"]:
-        raise RuntimeError(f"fairseq-train logged no validation for {label}; see {log_path}")
-    valid = [(int(r["valid_num_updates"]), float(r["valid_loss"])) for r in records["valid"]]
-    best = min(records["valid"], key=lambda r: float(r["valid_loss"]))
-    lr_curve = [(int(r["num_updates"]), float(r["lr"])) for r in records["train_inner"]]
-    updates = max([u for u, _ in valid] + [u for u, _ in lr_curve])
-    return RunResult(label, seed, wall, updates, float(best["valid_loss"]), float(best["valid_ppl"]), lr_curve, valid)
-
-
 def read_results(work_dir: Path) -> list[RunResult]:
     """The runs a MAT recipe wrote to ``work_dir/results.json`` (labels ``<schedule> phase <k>``)."""
     return read_results_json(work_dir / "results.json")
@@ -373,7 +338,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if phase == 2:
                     logger.info("%s", shlex.join(init_command(run)))
                     subprocess.run(init_command(run), check=True)
-                result = run_fairseq_train(train_command(run, phase), run.phase_dir(phase), label, run.seed, total)
+                result = translation.run_fairseq_train(train_command(run, phase), run.phase_dir(phase), label, run.seed, total)
                 write_results_json([result], done)
             if not args.skip_generate and result.bleu_tokenized is None:
                 result.bleu_tokenized, result.bleu_detokenized = translation.run_generation(

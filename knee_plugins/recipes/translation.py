@@ -240,16 +240,22 @@ def parse_log(lines: Sequence[str]) -> dict[str, list[dict]]:
 
 def run_training(run: RunConfig, progress_position: int = 0) -> RunResult:
     """Run ``fairseq-train`` for ``run`` with a progress bar; keep its log next to the checkpoints."""
-    run.save_dir.mkdir(parents=True, exist_ok=True)
-    command = train_command(run)
-    logger.info("%s", shlex.join(command))
-    log_path = run.save_dir / "train.log"
     total = run.recipe.budget[run.budget] if run.recipe.budget_unit == "updates" else None
+    return run_fairseq_train(train_command(run), run.save_dir, run.label, run.seed, total, progress_position)
+
+
+def run_fairseq_train(command: Sequence[str], save_dir: Path, label: str, seed: int, total_updates: int | None,
+                      progress_position: int = 0) -> RunResult:
+    """Run one ``fairseq-train`` command with a progress bar, keep its log as ``save_dir/train.log`` and
+    read the LR curve, the valid curve and the best valid loss from it."""
+    save_dir.mkdir(parents=True, exist_ok=True)
+    logger.info("%s", shlex.join(command))
+    log_path = save_dir / "train.log"
     lines: list[str] = []
     start = time.monotonic()
     with open(log_path, "w", encoding="utf-8") as log, \
-            subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as process, \
-            tqdm(total=total, desc=f"{run.label} seed {run.seed}", unit="upd", position=progress_position,
+            subprocess.Popen(list(command), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as process, \
+            tqdm(total=total_updates, desc=f"{label} seed {seed}", unit="upd", position=progress_position,
                  leave=True, mininterval=1.0) as bar:
         for line in process.stdout:
             log.write(line)
@@ -262,17 +268,16 @@ def run_training(run: RunConfig, progress_position: int = 0) -> RunResult:
                 bar.set_postfix(valid_loss=record["valid"][0]["valid_loss"])
     wall = time.monotonic() - start
     if process.returncode:
-        raise RuntimeError(f"fairseq-train failed for {run.label} (exit {process.returncode}); see {log_path}:\n"
+        raise RuntimeError(f"fairseq-train failed for {label} (exit {process.returncode}); see {log_path}:\n"
                            + "".join(lines[-20:]))
     records = parse_log(lines)
     if not records["valid"]:
-        raise RuntimeError(f"fairseq-train logged no validation for {run.label}; see {log_path}")
+        raise RuntimeError(f"fairseq-train logged no validation for {label}; see {log_path}")
     valid = [(int(r["valid_num_updates"]), float(r["valid_loss"])) for r in records["valid"]]
     best = min(records["valid"], key=lambda r: float(r["valid_loss"]))
     lr_curve = [(int(r["num_updates"]), float(r["lr"])) for r in records["train_inner"]]
     updates = max([u for u, _ in valid] + [u for u, _ in lr_curve])
-    return RunResult(run.label, run.seed, wall, updates, float(best["valid_loss"]), float(best["valid_ppl"]),
-                     lr_curve, valid)
+    return RunResult(label, seed, wall, updates, float(best["valid_loss"]), float(best["valid_ppl"]), lr_curve, valid)
 
 
 def score_translations(hypotheses: Sequence[str], references: Sequence[str], raw_references: Sequence[str],
