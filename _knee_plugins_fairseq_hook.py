@@ -26,8 +26,7 @@ def _register() -> None:
         importlib.import_module(PLUGIN)
     except Exception as exc:  # a broken plugin must not break fairseq itself
         warnings.warn(
-            f"knee_plugins: could not register the fairseq plugin ({exc!r}); "
-            f"'--lr-scheduler knee' will be unavailable",
+            f"knee_plugins: could not register the fairseq plugin ({exc!r}); '--lr-scheduler knee' will be unavailable",
             RuntimeWarning,
             stacklevel=2,
         )

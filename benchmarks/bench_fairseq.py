@@ -56,7 +56,7 @@ def bench_training(rounds: int, updates: int) -> None:
     for name, values in results.items():
         print(f"  {name:13s} words/s: " + ", ".join(f"{v:.0f}" for v in values)
               + f"  (median {statistics.median(values):.0f})")  # fmt: skip
-    ratios = [k / i for k, i in zip(results["knee"], results["inverse_sqrt"])]
+    ratios = [k / i for k, i in zip(results["knee"], results["inverse_sqrt"], strict=False)]
     print(f"  knee / inverse_sqrt per round: {', '.join(f'{r:.3f}' for r in ratios)}; "
           f"median {statistics.median(ratios):.3f}")  # fmt: skip
 

@@ -17,7 +17,14 @@ from pathlib import Path
 
 import torch
 import transformers
-from transformers import BertConfig, BertForMaskedLM, Trainer, TrainerCallback, TrainingArguments, get_linear_schedule_with_warmup
+from transformers import (
+    BertConfig,
+    BertForMaskedLM,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+    get_linear_schedule_with_warmup,
+)
 
 import knee_plugins
 from knee_plugins import KneeCallback, KneeLR, get_knee_schedule_with_warmup
@@ -69,12 +76,22 @@ class Tokens(torch.utils.data.Dataset):
 
 def trainer_step_time(schedule: str, steps: int, output_dir: Path) -> float:
     torch.manual_seed(0)
-    model = BertForMaskedLM(BertConfig(vocab_size=500, hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128))
+    model = BertForMaskedLM(
+        BertConfig(vocab_size=500, hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128)
+    )
     timer = StepTimer()
     callbacks = [timer] + ([KneeCallback()] if schedule == "knee" else [])
     args = TrainingArguments(
-        output_dir=str(output_dir), max_steps=steps, per_device_train_batch_size=8, learning_rate=1e-3, warmup_steps=0.1,
-        logging_steps=10_000, save_strategy="no", report_to="none", use_cpu=True, disable_tqdm=True,
+        output_dir=str(output_dir),
+        max_steps=steps,
+        per_device_train_batch_size=8,
+        learning_rate=1e-3,
+        warmup_steps=0.1,
+        logging_steps=10_000,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        disable_tqdm=True,
     )
     Trainer(model=model, args=args, train_dataset=Tokens(), callbacks=callbacks).train()
     return statistics.median(timer.durations[2:])
@@ -96,12 +113,19 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds; the median is reported")
     parser.add_argument("--trainer-steps", type=int, default=40, help="optimizer steps per Trainer run")
     parser.add_argument("--trainer-rounds", type=int, default=3, help="interleaved Trainer runs per schedule")
-    parser.add_argument("--output-dir", type=Path, default=Path("outputs/bench"), help="scratch directory for the Trainer")
+    parser.add_argument(
+        "--output-dir", type=Path, default=Path("outputs/bench"), help="scratch directory for the Trainer"
+    )
     args = parser.parse_args()
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip() or "unknown"
-    print(f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
-          f"transformers {transformers.__version__}, knee_plugins {knee_plugins.__version__} @ {commit}")
+    commit = (
+        subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+        or "unknown"
+    )
+    print(
+        f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+        f"transformers {transformers.__version__}, knee_plugins {knee_plugins.__version__} @ {commit}"
+    )
 
     samples = {name: [] for name in FACTORIES}
     for _ in range(args.rounds):
@@ -109,17 +133,26 @@ def main() -> None:
             samples[name].append(time_scheduler_steps(name, args.steps))
     print_ratios(
         f"scheduler.step(), {args.steps} calls x {args.rounds} interleaved rounds (median)",
-        samples, baseline="get_linear_schedule_with_warmup", unit="us/step", scale=1e6,
+        samples,
+        baseline="get_linear_schedule_with_warmup",
+        unit="us/step",
+        scale=1e6,
     )
 
     trainer_samples = {"linear": [], "knee": []}
     for _ in range(args.trainer_rounds):
         for schedule in trainer_samples:
-            trainer_samples[schedule].append(trainer_step_time(schedule, args.trainer_steps, args.output_dir / schedule))
+            trainer_samples[schedule].append(
+                trainer_step_time(schedule, args.trainer_steps, args.output_dir / schedule)
+            )
     print_ratios(
         f"Trainer step time, tiny BERT, {args.trainer_steps} steps x {args.trainer_rounds} interleaved runs (median)",
-        trainer_samples, baseline="linear", unit="ms/step", scale=1e3,
+        trainer_samples,
+        baseline="linear",
+        unit="ms/step",
+        scale=1e3,
     )
+
 
 if __name__ == "__main__":
     main()

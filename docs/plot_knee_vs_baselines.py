@@ -2,11 +2,16 @@
 
 Run from the repository root: python docs/plot_knee_vs_baselines.py
 """
+
 import math
+
 import matplotlib
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+
 from knee_plugins import KneeSchedule
+
 T = 50
 knee = KneeSchedule.from_durations(T, explore=40)
 knee50 = KneeSchedule.from_durations(T, explore_ratio=0.5)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from .schedule import DECAY_TYPES, KneeSchedule
 
@@ -19,16 +19,16 @@ def build_plan_parser() -> argparse.ArgumentParser:
         "learning-rate curve, to check a long run before spending it.",
         epilog="Example: knee-plan --total-steps 31250 --warmup 0.1 --explore 0.5 --lr 6e-3 --out lr.png",
     )
-    parser.add_argument(
-        "--total-steps", required=True, help="budget in optimizer updates (31250) or in epochs (50ep)"
-    )
+    parser.add_argument("--total-steps", required=True, help="budget in optimizer updates (31250) or in epochs (50ep)")
     parser.add_argument("--warmup", default="0", help=f"warmup length from 0 to the seed LR: {DURATION_HELP}")
     parser.add_argument(
         "--explore",
         default="0.5",
         help=f"constant phase after warmup: {DURATION_HELP}; default 0.5, the paper's no-tuning choice",
     )
-    parser.add_argument("--lr", type=float, default=1.0, help="seed (peak) learning rate; default 1 prints the multiplier")
+    parser.add_argument(
+        "--lr", type=float, default=1.0, help="seed (peak) learning rate; default 1 prints the multiplier"
+    )
     parser.add_argument(
         "--min-lr-ratio", type=float, default=0.0, help="final LR as a fraction of the seed LR, in [0, 1)"
     )
@@ -51,7 +51,9 @@ def phase_table(schedule: KneeSchedule, lr: float) -> str:
         ("explore", schedule.warmup_steps, schedule.decay_start),
         ("exploit", schedule.decay_start, schedule.total_steps),
     ]
-    lines = [f"{'phase':<8} {'from step':>10} {'to step':>10} {'steps':>8} {'share':>7} {'lr at start':>12} {'lr at end':>12}"]
+    lines = [
+        f"{'phase':<8} {'from step':>10} {'to step':>10} {'steps':>8} {'share':>7} {'lr at start':>12} {'lr at end':>12}"
+    ]
     for name, start, end in rows:
         length = end - start
         lines.append(
@@ -66,7 +68,9 @@ def plot_schedule(schedule: KneeSchedule, lr: float, out: Path) -> None:
     try:
         import matplotlib
     except ImportError:
-        raise SystemExit("knee-plan: --out needs matplotlib; install it with: pip install 'knee-plugins[plot]'")
+        raise SystemExit(
+            "knee-plan: --out needs matplotlib; install it with: pip install 'knee-plugins[plot]'"
+        ) from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -83,9 +87,7 @@ def plot_schedule(schedule: KneeSchedule, lr: float, out: Path) -> None:
     axes.set_xlabel("optimizer step")
     axes.set_ylabel("learning rate")
     axes.set_ylim(0, lr * 1.1)
-    axes.set_title(
-        f"Knee: T={schedule.total_steps}, warmup={schedule.warmup_steps}, explore={schedule.explore_steps}"
-    )
+    axes.set_title(f"Knee: T={schedule.total_steps}, warmup={schedule.warmup_steps}, explore={schedule.explore_steps}")
     figure.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out, dpi=120)
@@ -105,8 +107,13 @@ def plan_main(argv: Sequence[str] | None = None) -> int:
             min_lr_ratio=args.min_lr_ratio,
             decay_type=args.decay_type,
             steps_per_epoch=args.steps_per_epoch,
-            names={"total": "--total-steps", "warmup": "--warmup", "explore": "--explore",
-                   "min_lr_ratio": "--min-lr-ratio", "steps_per_epoch": "--steps-per-epoch"},
+            names={
+                "total": "--total-steps",
+                "warmup": "--warmup",
+                "explore": "--explore",
+                "min_lr_ratio": "--min-lr-ratio",
+                "steps_per_epoch": "--steps-per-epoch",
+            },
         )
     except ValueError as error:
         parser.error(str(error))

@@ -180,9 +180,7 @@ class KneeCallback(TrainerCallback):
             self._phase,
         )
 
-    def on_step_end(
-        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
-    ) -> None:
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         if self.schedule is None:
             return
         phase = self.schedule.phase(state.global_step)

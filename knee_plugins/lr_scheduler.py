@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 from .schedule import Duration, KneeSchedule
-
 
 ARGUMENT_NAMES = {"total": "total_steps", "warmup": "warmup_steps", "explore": "explore_steps"}
 
@@ -82,9 +82,7 @@ class KneeLR(LRScheduler):
 
     @property
     def schedule(self) -> KneeSchedule:
-        return KneeSchedule(
-            self.total_steps, self.warmup_steps, self.explore_steps, self.min_lr_ratio, self.decay_type
-        )
+        return KneeSchedule(self.total_steps, self.warmup_steps, self.explore_steps, self.min_lr_ratio, self.decay_type)
 
     def _factor(self) -> float:
         return self.schedule.factor(self.last_epoch)

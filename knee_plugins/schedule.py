@@ -29,10 +29,11 @@ from __future__ import annotations
 import math
 import numbers
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping, Union, overload
+from typing import overload
 
-Duration = Union[int, float, str]
+Duration = int | float | str
 
 PHASES = ("warmup", "explore", "exploit", "done")
 DECAY_TYPES = ("linear", "cosine", "1-sqrt")
@@ -287,7 +288,7 @@ class KneeSchedule:
         decay_type: str = "linear",
         steps_per_epoch: int | None = None,
         names: Mapping[str, str] | None = None,
-    ) -> "KneeSchedule":
+    ) -> KneeSchedule:
         """Build a schedule from durations in steps, fractions or epochs.
 
         ``explore`` wins over ``explore_ratio`` (a fraction of the total budget, the paper's
@@ -310,7 +311,10 @@ class KneeSchedule:
         if not total_steps:
             raise ValueError(f"{name['total']} must be > 0, got {total!r}: the budget of optimizer steps is empty")
         warmup_steps = resolve_steps(
-            warmup or 0, name=name["warmup"], total_steps=total_steps, steps_per_epoch=steps_per_epoch,
+            warmup or 0,
+            name=name["warmup"],
+            total_steps=total_steps,
+            steps_per_epoch=steps_per_epoch,
             steps_per_epoch_name=name["steps_per_epoch"],
         )
         if explore is None:
@@ -319,7 +323,10 @@ class KneeSchedule:
         else:
             explore_name = name["explore"]
         explore_steps = resolve_steps(
-            explore, name=explore_name, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
+            explore,
+            name=explore_name,
+            total_steps=total_steps,
+            steps_per_epoch=steps_per_epoch,
             steps_per_epoch_name=name["steps_per_epoch"],
         )
         validate_knee_args(
@@ -328,8 +335,13 @@ class KneeSchedule:
             explore_steps=explore_steps,
             min_lr_ratio=min_lr_ratio,
             decay_type=decay_type,
-            names={"total_steps": name["total"], "warmup_steps": name["warmup"], "explore_steps": explore_name,
-                   "min_lr_ratio": name["min_lr_ratio"], "decay_type": name["decay_type"]},
+            names={
+                "total_steps": name["total"],
+                "warmup_steps": name["warmup"],
+                "explore_steps": explore_name,
+                "min_lr_ratio": name["min_lr_ratio"],
+                "decay_type": name["decay_type"],
+            },
         )
         return cls(total_steps, warmup_steps, explore_steps, min_lr_ratio, decay_type)
 

@@ -21,10 +21,11 @@ import runpy
 import shlex
 import subprocess
 import sys
-import tomllib
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC_GLOBS = ("README.md", "docs/*.md", "scripts/*/README.md")
@@ -35,7 +36,13 @@ PYTHON_LANGUAGES = {"python", "py"}
 TEXT_LANGUAGES = {"", "text", "yaml", "yml", "toml", "json", "ini"}
 
 # `$VAR` in a command: the value the test substitutes. A command with any other variable fails.
-VARIABLES = {"NODE_RANK": "1", "MACHINE_RANK": "1", "MASTER_HOST": "127.0.0.1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
+VARIABLES = {
+    "NODE_RANK": "1",
+    "MACHINE_RANK": "1",
+    "MASTER_HOST": "127.0.0.1",
+    "MASTER_ADDR": "127.0.0.1",
+    "MASTER_PORT": "29500",
+}
 # Commands that change only the shell's state; they are accepted without a check.
 SHELL_BUILTINS = {"cd", "export"}
 # `...` in a fairseq command stands for the user's other options; when it hides these, the test
@@ -230,7 +237,19 @@ def check_pip(argv: list[str]) -> None:
     if argv[1:2] != ["install"]:
         raise AssertionError(f"pip {' '.join(argv[1:2])}: only pip install/uninstall lines are checked")
     words, constrained, requirements = argv[2:], False, []
-    options_with_value = {"-c", "--constraint", "-r", "--requirement", "-i", "--index-url", "--extra-index-url", "-f", "--find-links", "-t", "--target"}
+    options_with_value = {
+        "-c",
+        "--constraint",
+        "-r",
+        "--requirement",
+        "-i",
+        "--index-url",
+        "--extra-index-url",
+        "-f",
+        "--find-links",
+        "-t",
+        "--target",
+    }
     index = 0
     while index < len(words):
         word = words[index]
@@ -257,11 +276,15 @@ def check_pip(argv: list[str]) -> None:
             assert not unknown, f"{requirement}: pyproject.toml declares no extra {sorted(unknown)}"
             continue
         if name.lower() in TORCH_FAMILY:
-            assert spec.startswith("=="), f"{requirement}: torch must be pinned exactly (an unpinned torch pulls a CUDA build)"
+            assert spec.startswith("=="), (
+                f"{requirement}: torch must be pinned exactly (an unpinned torch pulls a CUDA build)"
+            )
             continue
         if name.lower() in BUILD_PREREQUISITES:
             continue
-        assert constrained or spec.startswith("=="), f"{requirement}: pin it (==) or install with -c requirements/constraints.txt"
+        assert constrained or spec.startswith("=="), (
+            f"{requirement}: pin it (==) or install with -c requirements/constraints.txt"
+        )
 
 
 def make_targets() -> set[str]:

@@ -27,8 +27,13 @@ def tiny_model_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("tiny-bert")
     tokenizer = AutoTokenizer.from_pretrained(minilm_model_dir())
     config = BertConfig(
-        vocab_size=tokenizer.vocab_size, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-        intermediate_size=32, max_position_embeddings=64, num_labels=6,
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=64,
+        num_labels=6,
     )
     BertForSequenceClassification(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
@@ -45,11 +50,38 @@ def launch(tmp_path, model_dir, num_processes, *extra):
     tmp_path.mkdir(parents=True, exist_ok=True)
     lr_log = tmp_path / f"lr-{num_processes}.jsonl"
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    launcher += ["--multi_gpu", "--num_processes", "2", "--main_process_port", free_port()] if num_processes == 2 else ["--num_processes", "1"]
+    launcher = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+    ]
+    launcher += (
+        ["--multi_gpu", "--num_processes", "2", "--main_process_port", free_port()]
+        if num_processes == 2
+        else ["--num_processes", "1"]
+    )
     command = [
-        *launcher, str(SCRIPT), "--model_name_or_path", str(model_dir), "--train_examples", "96", "--max_length", "16",
-        "--per_device_train_batch_size", "4", "--learning_rate", str(LEARNING_RATE), "--lr_log", str(lr_log), *extra,
+        *launcher,
+        str(SCRIPT),
+        "--model_name_or_path",
+        str(model_dir),
+        "--train_examples",
+        "96",
+        "--max_length",
+        "16",
+        "--per_device_train_batch_size",
+        "4",
+        "--learning_rate",
+        str(LEARNING_RATE),
+        "--lr_log",
+        str(lr_log),
+        *extra,
     ]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
@@ -59,7 +91,16 @@ def launch(tmp_path, model_dir, num_processes, *extra):
 
 
 def test_two_processes_follow_the_same_lr_per_update_as_one(tmp_path, tiny_model_dir):
-    args = ("--max_train_steps", "10", "--num_warmup_steps", "2", "--explore_ratio", "0.5", "--gradient_accumulation_steps", "2")
+    args = (
+        "--max_train_steps",
+        "10",
+        "--num_warmup_steps",
+        "2",
+        "--explore_ratio",
+        "0.5",
+        "--gradient_accumulation_steps",
+        "2",
+    )
     one = launch(tmp_path, tiny_model_dir, 1, *args)
     two = launch(tmp_path, tiny_model_dir, 2, *args)
     schedule = KneeSchedule(total_steps=10, warmup_steps=2, explore_steps=5)
@@ -77,9 +118,24 @@ def test_an_epoch_budget_on_two_processes_decays_to_the_end_not_before(tmp_path,
 
 def test_resume_from_saved_state_continues_the_schedule(tmp_path, tiny_model_dir):
     args = ("--max_train_steps", "10", "--num_warmup_steps", "2", "--explore", "4")
-    full = launch(tmp_path / "full", tiny_model_dir, 1, *args, "--output_dir", str(tmp_path / "full"), "--checkpointing_steps", "4")
+    full = launch(
+        tmp_path / "full",
+        tiny_model_dir,
+        1,
+        *args,
+        "--output_dir",
+        str(tmp_path / "full"),
+        "--checkpointing_steps",
+        "4",
+    )
     resumed = launch(
-        tmp_path / "resumed", tiny_model_dir, 1, *args, "--output_dir", str(tmp_path / "resumed"),
-        "--resume_from_checkpoint", str(tmp_path / "full" / "step_4"),
+        tmp_path / "resumed",
+        tiny_model_dir,
+        1,
+        *args,
+        "--output_dir",
+        str(tmp_path / "resumed"),
+        "--resume_from_checkpoint",
+        str(tmp_path / "full" / "step_4"),
     )
     assert resumed == full[4:]

@@ -11,7 +11,10 @@ from knee_plugins.cli import plan_main
 
 def test_prints_the_phase_boundaries_of_the_bert_recipe(capsys, tmp_path):
     out = tmp_path / "lr.png"
-    assert plan_main(["--total-steps", "31250", "--warmup", "0.1", "--explore", "0.5", "--lr", "6e-3", "--out", str(out)]) == 0
+    assert (
+        plan_main(["--total-steps", "31250", "--warmup", "0.1", "--explore", "0.5", "--lr", "6e-3", "--out", str(out)])
+        == 0
+    )
     lines = capsys.readouterr().out.splitlines()
     assert lines[1].split()[:5] == ["warmup", "0", "3125", "3125", "10.0%"]
     assert lines[2].split()[:5] == ["explore", "3125", "18750", "15625", "50.0%"]
@@ -29,10 +32,15 @@ def test_durations_in_epochs(capsys):
     "argv,message",
     [
         (["--total-steps", "100", "--explore", "1.5"], "error: --explore=1.5"),
-        (["--total-steps", "100", "--warmup", "60", "--explore", "50"],
-         "error: --warmup (60 steps) + --explore (50 steps) = 110 steps exceed --total-steps = 100"),
+        (
+            ["--total-steps", "100", "--warmup", "60", "--explore", "50"],
+            "error: --warmup (60 steps) + --explore (50 steps) = 110 steps exceed --total-steps = 100",
+        ),
         (["--total-steps", "50ep"], "error: --total-steps is given in epochs"),
-        (["--total-steps", "100", "--explore", "2ep", "--steps-per-epoch", "0"], "error: --steps-per-epoch must be > 0"),
+        (
+            ["--total-steps", "100", "--explore", "2ep", "--steps-per-epoch", "0"],
+            "error: --steps-per-epoch must be > 0",
+        ),
         (["--total-steps", "0"], "error: --total-steps must be > 0"),
         (["--total-steps", "100", "--lr", "-1"], "error: --lr must be > 0"),
         (["--total-steps", "100", "--min-lr-ratio", "1"], "error: --min-lr-ratio must be in [0, 1)"),

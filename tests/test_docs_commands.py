@@ -73,8 +73,17 @@ COMMANDS = [command for block in BLOCKS if block.language in SHELL_LANGUAGES for
 SNIPPETS = [block for block in BLOCKS if block.language in PYTHON_LANGUAGES]
 BIN = Path(sys.executable).parent
 FAIRSEQ_TOOLS = {"fairseq-train", "fairseq-generate", "fairseq-preprocess"}
-FAIRSEQ_MODULES = {"fairseq_cli.train": "fairseq-train", "fairseq_cli.generate": "fairseq-generate", "fairseq_cli.preprocess": "fairseq-preprocess"}
-DRY_RUN_ENV = {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore"}
+FAIRSEQ_MODULES = {
+    "fairseq_cli.train": "fairseq-train",
+    "fairseq_cli.generate": "fairseq-generate",
+    "fairseq_cli.preprocess": "fairseq-preprocess",
+}
+DRY_RUN_ENV = {
+    "CUDA_VISIBLE_DEVICES": "",
+    "OMP_NUM_THREADS": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "PYTHONWARNINGS": "ignore",
+}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -113,7 +122,9 @@ def accelerate_steps(argv: list[str]) -> list[tuple]:
     from accelerate.commands.launch import launch_command_parser
 
     args = parse_quietly(launch_command_parser(), argv, "accelerate launch")
-    kind, target, rest = python_target([*(["-m"] if args.module else []), args.training_script, *args.training_script_args])
+    kind, target, rest = python_target(
+        [*(["-m"] if args.module else []), args.training_script, *args.training_script_args]
+    )
     return script_steps(kind, target, rest, launched=True)
 
 
@@ -179,7 +190,11 @@ def planned_dry_runs() -> list[tuple]:
     jobs = set()
     for command in COMMANDS:
         with contextlib.suppress(Exception):  # a command that cannot be planned fails in its own test
-            jobs.update((step[1], step[2], tuple(step[3])) for step in plan(command) if step[0] == "dry-run" and not command.skip)
+            jobs.update(
+                (step[1], step[2], tuple(step[3]))
+                for step in plan(command)
+                if step[0] == "dry-run" and not command.skip
+            )
     return sorted(jobs)
 
 
@@ -283,7 +298,12 @@ def check(command: Command, dry_runs, tmp_path: Path) -> None:
             assert not missing and step[1], f"make {' '.join(step[1])}: no such Makefile target {sorted(missing)}"
         elif kind == "knee-plan":
             proc = subprocess.run(
-                [str(BIN / "knee-plan"), *step[1]], check=False, capture_output=True, text=True, cwd=tmp_path, timeout=300
+                [str(BIN / "knee-plan"), *step[1]],
+                check=False,
+                capture_output=True,
+                text=True,
+                cwd=tmp_path,
+                timeout=300,
             )
             assert proc.returncode == 0, proc.stderr[-3000:]
             if step[2]:
@@ -330,7 +350,9 @@ BROKEN_COMMANDS = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize("text,message", BROKEN_COMMANDS, ids=[text.split()[0] + str(i) for i, (text, _) in enumerate(BROKEN_COMMANDS)])
+@pytest.mark.parametrize(
+    "text,message", BROKEN_COMMANDS, ids=[text.split()[0] + str(i) for i, (text, _) in enumerate(BROKEN_COMMANDS)]
+)
 def test_a_broken_command_fails_its_check(text, message, tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
     with pytest.raises((AssertionError, ValueError), match=message):
@@ -396,7 +418,14 @@ def _tiny_model(world):
     from transformers import BertConfig, BertForMaskedLM
 
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, max_position_embeddings=16)
+    config = BertConfig(
+        vocab_size=50,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=16,
+    )
     return BertForMaskedLM(config)
 
 
@@ -425,12 +454,13 @@ SNIPPET_NAMES = {
     "train": lambda world: TokenDataset(),
     "loader": _loader,
     "optimizer": _optimizer,
-    "loss": lambda world: (lambda batch: world["model"](**batch).loss),
+    "loss": lambda world: lambda batch: world["model"](**batch).loss,
     "num_epochs": lambda world: 2,
     "args": lambda world: world.training_arguments(),
     "TrainingArguments": lambda world: world.training_arguments,
     "Trainer": _trainer_class,
 }
+
 
 def _fairseq_like_checkpoint(path: Path) -> None:
     """What a fairseq-train checkpoint holds beyond tensors and containers: an argparse.Namespace."""

@@ -20,10 +20,24 @@ def test_offline_data_is_the_whole_bible_with_six_sections():
 
 
 def test_demo_writes_table_plots_and_results(tmp_path, capsys):
-    results = main([
-        "--output-dir", str(tmp_path), "--max-steps", "6", "--eval-every", "3", "--eval-examples", "16",
-        "--train-examples", "96", "--batch-size", "4", "--max-length", "16",
-    ])
+    results = main(
+        [
+            "--output-dir",
+            str(tmp_path),
+            "--max-steps",
+            "6",
+            "--eval-every",
+            "3",
+            "--eval-examples",
+            "16",
+            "--train-examples",
+            "96",
+            "--batch-size",
+            "4",
+            "--max-length",
+            "16",
+        ]
+    )
     lines = capsys.readouterr().out.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("schedule "))
     assert [line.split()[:3] for line in lines[header + 2 : header + 4]] == [["knee", "1", "6"], ["linear", "1", "6"]]

@@ -7,13 +7,14 @@ import pytest
 import torch
 from transformers import get_wsd_schedule
 
-from knee_plugins.schedule import DECAY_TYPES
-
 from knee_plugins import KneeLR, get_knee_schedule_with_warmup, knee_factor
+from knee_plugins.schedule import DECAY_TYPES
 
 
 def make_optimizer(lr=10.0, groups=1):
-    return torch.optim.AdamW([{"params": [torch.nn.Parameter(torch.zeros(2))], "lr": lr * (g + 1)} for g in range(groups)])
+    return torch.optim.AdamW(
+        [{"params": [torch.nn.Parameter(torch.zeros(2))], "lr": lr * (g + 1)} for g in range(groups)]
+    )
 
 
 def lr_trace(scheduler, steps):
@@ -41,10 +42,22 @@ WSD_CASES = [
 @pytest.mark.parametrize("total,warmup,explore_ratio,min_lr_ratio", WSD_CASES)
 def test_equals_get_wsd_schedule_at_every_step(total, warmup, explore_ratio, min_lr_ratio, decay_type):
     explore = round(explore_ratio * total)
-    knee = get_knee_schedule_with_warmup(make_optimizer(groups=2), warmup, total, explore_ratio=explore_ratio,
-                                         min_lr_ratio=min_lr_ratio, decay_type=decay_type)
-    torch_adapter = KneeLR(make_optimizer(groups=2), total_steps=total, warmup_steps=warmup,
-                           explore_ratio=explore_ratio, min_lr_ratio=min_lr_ratio, decay_type=decay_type)
+    knee = get_knee_schedule_with_warmup(
+        make_optimizer(groups=2),
+        warmup,
+        total,
+        explore_ratio=explore_ratio,
+        min_lr_ratio=min_lr_ratio,
+        decay_type=decay_type,
+    )
+    torch_adapter = KneeLR(
+        make_optimizer(groups=2),
+        total_steps=total,
+        warmup_steps=warmup,
+        explore_ratio=explore_ratio,
+        min_lr_ratio=min_lr_ratio,
+        decay_type=decay_type,
+    )
     wsd = get_wsd_schedule(
         make_optimizer(groups=2),
         num_warmup_steps=warmup,
@@ -61,8 +74,12 @@ def test_equals_get_wsd_schedule_at_every_step(total, warmup, explore_ratio, min
 
 def test_decay_shapes_by_hand():
     lrs = {
-        decay_type: [round(lr[0], 4) for lr in lr_trace(
-            get_knee_schedule_with_warmup(make_optimizer(), 0, 8, num_explore_steps=4, decay_type=decay_type), 9)]
+        decay_type: [
+            round(lr[0], 4)
+            for lr in lr_trace(
+                get_knee_schedule_with_warmup(make_optimizer(), 0, 8, num_explore_steps=4, decay_type=decay_type), 9
+            )
+        ]
         for decay_type in DECAY_TYPES
     }
     assert lrs["linear"] == [10.0] * 4 + [10.0, 7.5, 5.0, 2.5, 0.0]
@@ -79,7 +96,18 @@ def test_warmup_starts_from_zero_with_a_floor():
 
 def test_hand_checked_values_like_transformers_test_schedulers():
     scheduler = get_knee_schedule_with_warmup(make_optimizer(), num_warmup_steps=2, num_training_steps=10)
-    assert [round(lr[0], 2) for lr in lr_trace(scheduler, 10)] == [0.0, 5.0, 10.0, 10.0, 10.0, 10.0, 10.0, 10.0, 6.67, 3.33]
+    assert [round(lr[0], 2) for lr in lr_trace(scheduler, 10)] == [
+        0.0,
+        5.0,
+        10.0,
+        10.0,
+        10.0,
+        10.0,
+        10.0,
+        10.0,
+        6.67,
+        3.33,
+    ]
 
 
 def test_num_explore_steps_wins_over_explore_ratio():
@@ -89,7 +117,9 @@ def test_num_explore_steps_wins_over_explore_ratio():
 
 def test_agrees_with_the_torch_adapter():
     factory = get_knee_schedule_with_warmup(make_optimizer(groups=3), 3, 30, explore_ratio=0.4, min_lr_ratio=0.05)
-    torch_adapter = KneeLR(make_optimizer(groups=3), total_steps=30, warmup_steps=3, explore_ratio=0.4, min_lr_ratio=0.05)
+    torch_adapter = KneeLR(
+        make_optimizer(groups=3), total_steps=30, warmup_steps=3, explore_ratio=0.4, min_lr_ratio=0.05
+    )
     assert lr_trace(factory, 33) == lr_trace(torch_adapter, 33)
 
 
@@ -123,9 +153,16 @@ def test_schedule_is_picklable_and_built_on_partial():
         ((-1, 100), {}, r"^num_warmup_steps must be >= 0, got -1"),
         ((2, 0), {}, r"^num_training_steps must be > 0, got 0"),
         ((2, -4), {}, r"^num_training_steps must be >= 0, got -4"),
-        ((2, 10), {"num_explore_steps": 9},
-         r"^num_warmup_steps \(2 steps\) \+ num_explore_steps \(9 steps\) = 11 steps exceed num_training_steps = 10"),
-        ((200, 100), {}, r"^num_warmup_steps \(200 steps\) \+ explore_ratio \(50 steps\) = 250 steps exceed num_training_steps"),
+        (
+            (2, 10),
+            {"num_explore_steps": 9},
+            r"^num_warmup_steps \(2 steps\) \+ num_explore_steps \(9 steps\) = 11 steps exceed num_training_steps = 10",
+        ),
+        (
+            (200, 100),
+            {},
+            r"^num_warmup_steps \(200 steps\) \+ explore_ratio \(50 steps\) = 250 steps exceed num_training_steps",
+        ),
         ((2, 10), {"explore_ratio": 1.5}, r"^explore_ratio=1.5"),
         ((2, 10), {"min_lr_ratio": 1.0}, r"^min_lr_ratio must be in \[0, 1\)"),
         ((2.5, 10), {}, r"^num_warmup_steps=2.5"),

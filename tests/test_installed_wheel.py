@@ -27,8 +27,9 @@ pytestmark = pytest.mark.slow
 def run(command: list[str], cwd: Path, **kwargs) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "KNEE_PLUGINS_NO_AUTOREGISTER")}
     env.update(OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    result = subprocess.run([str(c) for c in command], cwd=cwd, env=env, capture_output=True, text=True,
-                            timeout=600, **kwargs)
+    result = subprocess.run(
+        [str(c) for c in command], cwd=cwd, env=env, capture_output=True, text=True, timeout=600, **kwargs
+    )
     assert result.returncode == 0, f"{command} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result
 
@@ -50,15 +51,33 @@ def make_env(root: Path, wheel: Path, extra_paths: list[str] = ()) -> Path:
     run([sys.executable, "-m", "venv", "--without-pip", env], cwd=root)
     if extra_paths:
         (site_packages(env) / "zz_test_host_packages.pth").write_text("".join(p + "\n" for p in extra_paths))
-    run([sys.executable, "-m", "pip", "--python", env / "bin" / "python", "install", "-q", "--no-deps",
-         "--no-index", wheel], cwd=root)
+    run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            env / "bin" / "python",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-index",
+            wheel,
+        ],
+        cwd=root,
+    )
     return env
 
 
 def test_the_wheel_ships_the_library_the_recipes_and_the_corpus(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert {"knee_plugins/schedule.py", "knee_plugins/fairseq_plugin/__init__.py", "knee_plugins_fairseq.pth",
-            "_knee_plugins_fairseq_hook.py", "knee_plugins/recipes/translation.py"} <= names
+    assert {
+        "knee_plugins/schedule.py",
+        "knee_plugins/fairseq_plugin/__init__.py",
+        "knee_plugins_fairseq.pth",
+        "_knee_plugins_fairseq_hook.py",
+        "knee_plugins/recipes/translation.py",
+    } <= names
     for split in ("train", "valid", "test"):
         assert {f"knee_plugins/recipes/data/deen-gettext/{split}.{lang}.gz" for lang in ("de", "en")} <= names
     assert not any(name.startswith(("tests/", "scripts/", "benchmarks/")) for name in names)
@@ -66,8 +85,10 @@ def test_the_wheel_ships_the_library_the_recipes_and_the_corpus(wheel):
 
 def test_bare_install_imports_without_torch_and_plans(wheel, tmp_path):
     env = make_env(tmp_path, wheel)
-    code = ("import sys, knee_plugins; s = knee_plugins.KneeSchedule.from_durations(100, warmup=10); "
-            "print(knee_plugins.__file__, s.explore_steps, 'torch' in sys.modules)")
+    code = (
+        "import sys, knee_plugins; s = knee_plugins.KneeSchedule.from_durations(100, warmup=10); "
+        "print(knee_plugins.__file__, s.explore_steps, 'torch' in sys.modules)"
+    )
     path, explore, torch_loaded = run([env / "bin" / "python", "-c", code], cwd=tmp_path).stdout.split()
     assert Path(path).is_relative_to(env) and explore == "50" and torch_loaded == "False"
     missing = subprocess.run([env / "bin" / "python", "-c", "import torch"], capture_output=True, text=True)
@@ -79,18 +100,41 @@ def test_bare_install_imports_without_torch_and_plans(wheel, tmp_path):
 def test_installed_wheel_registers_with_fairseq_and_runs_the_demo(wheel, tmp_path):
     env = make_env(tmp_path, wheel, [sysconfig.get_paths()["purelib"]])
     python = env / "bin" / "python"
-    code = ("import json, fairseq, knee_plugins; from fairseq.optim.lr_scheduler import LR_SCHEDULER_REGISTRY; "
-            "from fairseq.optim import OPTIMIZER_REGISTRY; "
-            "print(json.dumps([knee_plugins.__file__, 'knee' in LR_SCHEDULER_REGISTRY, "
-            "'one_cycle' in LR_SCHEDULER_REGISTRY, 'radam' in OPTIMIZER_REGISTRY]))")
+    code = (
+        "import json, fairseq, knee_plugins; from fairseq.optim.lr_scheduler import LR_SCHEDULER_REGISTRY; "
+        "from fairseq.optim import OPTIMIZER_REGISTRY; "
+        "print(json.dumps([knee_plugins.__file__, 'knee' in LR_SCHEDULER_REGISTRY, "
+        "'one_cycle' in LR_SCHEDULER_REGISTRY, 'radam' in OPTIMIZER_REGISTRY]))"
+    )
     path, *registered = json.loads(run([python, "-c", code], cwd=tmp_path).stdout.splitlines()[-1])
     assert Path(path).is_relative_to(env), path
     assert registered == [True, True, True]
 
     work = tmp_path / "runs"
-    run([python, "-m", "knee_plugins.recipes.translation", "--task", "demo", "--schedule", "knee",
-         "--max-updates", "4", "--train-pairs", "200", "--heldout-pairs", "16", "--bpe-symbols", "200",
-         "--skip-generate", "--cpu", "--work-dir", work], cwd=tmp_path)
+    run(
+        [
+            python,
+            "-m",
+            "knee_plugins.recipes.translation",
+            "--task",
+            "demo",
+            "--schedule",
+            "knee",
+            "--max-updates",
+            "4",
+            "--train-pairs",
+            "200",
+            "--heldout-pairs",
+            "16",
+            "--bpe-symbols",
+            "200",
+            "--skip-generate",
+            "--cpu",
+            "--work-dir",
+            work,
+        ],
+        cwd=tmp_path,
+    )
     (result,) = json.loads((work / "results.json").read_text())
     assert result["label"] == "knee" and result["updates"] == 4
     assert (work / "prepared" / "raw-test.en").read_text(encoding="utf-8").count("\n") == 16

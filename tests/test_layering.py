@@ -15,9 +15,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "knee_plugins"
-LIBRARY_MODULES = sorted(
-    path for path in PACKAGE.rglob("*.py") if "recipes" not in path.relative_to(PACKAGE).parts
-)
+LIBRARY_MODULES = sorted(path for path in PACKAGE.rglob("*.py") if "recipes" not in path.relative_to(PACKAGE).parts)
 RECIPE_MODULES = sorted((PACKAGE / "recipes").glob("*.py"))
 # Modules the recipes share: they may import each other but no task recipe.
 SHARED_RECIPE_MODULES = {"__init__", "results", "embedded_corpus", "hf_data", "prepare", "corpus", "report"}
@@ -52,9 +50,7 @@ def test_the_library_never_imports_a_recipe(path):
 @pytest.mark.parametrize("path", RECIPE_MODULES, ids=lambda p: p.name)
 def test_recipes_import_shared_modules_and_no_other_task(path):
     own = path.stem
-    recipe_imports = {
-        name.split(".")[2] for name in imported_modules(path) if name.startswith("knee_plugins.recipes.")
-    }
+    recipe_imports = {name.split(".")[2] for name in imported_modules(path) if name.startswith("knee_plugins.recipes.")}
     tasks = recipe_imports - SHARED_RECIPE_MODULES - {own}
     if own in SHARED_RECIPE_MODULES:
         assert not tasks, f"shared module {own} imports the task recipe(s) {sorted(tasks)}"

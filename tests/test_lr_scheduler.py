@@ -102,8 +102,10 @@ def test_is_picklable_and_state_dict_holds_only_numbers():
         (dict(total_steps=0), r"^total_steps must be > 0"),
         (dict(total_steps=-3), r"^total_steps must be >= 0"),
         (dict(total_steps=10, warmup_steps=-1), r"^warmup_steps must be >= 0"),
-        (dict(total_steps=10, warmup_steps=6, explore_steps=6),
-         r"^warmup_steps \(6 steps\) \+ explore_steps \(6 steps\) = 12 steps exceed total_steps = 10"),
+        (
+            dict(total_steps=10, warmup_steps=6, explore_steps=6),
+            r"^warmup_steps \(6 steps\) \+ explore_steps \(6 steps\) = 12 steps exceed total_steps = 10",
+        ),
         (dict(total_steps=10, warmup_steps=6), r"^warmup_steps \(6 steps\) \+ explore_ratio \(5 steps\)"),
         (dict(total_steps=10, explore_ratio=2.0), r"^explore_ratio=2.0"),
         (dict(total_steps=10, explore_steps=-2), r"^explore_steps must be >= 0"),

@@ -20,12 +20,7 @@ def paper_multiplier(t: int, T: int, W: int, E: int, r: float) -> Fraction:
 
 
 GRID = [
-    (T, W, E, r)
-    for T in (1, 2, 7, 10, 100)
-    for W in (0, 1, 3)
-    for E in (0, 2, 50)
-    for r in (0.0, 0.1)
-    if W + E <= T
+    (T, W, E, r) for T in (1, 2, 7, 10, 100) for W in (0, 1, 3) for E in (0, 2, 50) for r in (0.0, 0.1) if W + E <= T
 ]
 
 
@@ -89,7 +84,10 @@ BAD_INPUTS = [
     (dict(total=100, explore_ratio=1.2), "explore_ratio"),
     (dict(total=100, explore_ratio=-0.1), "explore_ratio"),
     (dict(total=100, explore_ratio="half"), "explore_ratio"),
-    (dict(total=100, warmup=60, explore=50), r"warmup \(60 steps\) \+ explore \(50 steps\) = 110 steps exceed total = 100"),
+    (
+        dict(total=100, warmup=60, explore=50),
+        r"warmup \(60 steps\) \+ explore \(50 steps\) = 110 steps exceed total = 100",
+    ),
     (dict(total=100, warmup=0.6, explore_ratio=0.5), r"warmup \(60 steps\) \+ explore_ratio \(50 steps\)"),
     (dict(total=100, min_lr_ratio=1.0), "min_lr_ratio"),
     (dict(total=100, min_lr_ratio=-0.1), "min_lr_ratio"),

@@ -56,7 +56,11 @@ class StopAt(TrainerCallback):
 def tiny_model():
     torch.manual_seed(0)
     config = BertConfig(
-        vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+        vocab_size=50,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
         max_position_embeddings=16,
     )
     return BertForMaskedLM(config)
@@ -80,7 +84,9 @@ def make_args(output_dir, **overrides):
 
 def run(args, dataset, callbacks, resume=None, optimizers=(None, None)):
     recorder = RecordLearningRates()
-    trainer = Trainer(model=tiny_model(), args=args, train_dataset=dataset, callbacks=[*callbacks, recorder], optimizers=optimizers)
+    trainer = Trainer(
+        model=tiny_model(), args=args, train_dataset=dataset, callbacks=[*callbacks, recorder], optimizers=optimizers
+    )
     trainer.train(resume_from_checkpoint=resume)
     return trainer, recorder.by_step
 
@@ -113,8 +119,13 @@ def test_callback_sizes_the_budget_from_epochs_with_gradient_accumulation_and_wa
 def test_callback_decay_type_equals_transformers_wsd_schedule(tmp_path):
     args = make_args(tmp_path, max_steps=12, warmup_steps=0)
     _, logged = run(args, TokenDataset(48), [KneeCallback(num_explore_steps=4, decay_type="1-sqrt")])
-    wsd = get_wsd_schedule(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=LEARNING_RATE),
-                           num_warmup_steps=0, num_decay_steps=8, num_training_steps=12, decay_type="1-sqrt")
+    wsd = get_wsd_schedule(
+        torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=LEARNING_RATE),
+        num_warmup_steps=0,
+        num_decay_steps=8,
+        num_training_steps=12,
+        decay_type="1-sqrt",
+    )
     want = {}
     for step in range(1, 13):
         want[step] = wsd.get_last_lr()[0]
@@ -131,7 +142,9 @@ def test_resume_from_checkpoint_continues_the_trajectory_and_ends_at_max_steps(t
     args = make_args(tmp_path / "crash", max_steps=16, warmup_steps=2, save_strategy="steps", save_steps=100)
     _, before = run(args, dataset, [KneeCallback(explore_ratio=0.5), StopAt(7)])
     assert max(before) == 7
-    resumed_trainer, after = run(args, dataset, [KneeCallback(explore_ratio=0.5)], resume=str(tmp_path / "crash" / "checkpoint-7"))
+    resumed_trainer, after = run(
+        args, dataset, [KneeCallback(explore_ratio=0.5)], resume=str(tmp_path / "crash" / "checkpoint-7")
+    )
     assert resumed_trainer.state.global_step == 16
     assert sorted(after) == list(range(8, 17))
     assert {**before, **after} == uninterrupted
@@ -143,8 +156,11 @@ def test_optimizers_route_without_the_callback(tmp_path):
     scheduler = get_knee_schedule_with_warmup(optimizer, num_warmup_steps=3, num_training_steps=12, explore_ratio=0.5)
     recorder = RecordLearningRates()
     trainer = Trainer(
-        model=model, args=make_args(tmp_path, max_steps=12), train_dataset=TokenDataset(48),
-        optimizers=(optimizer, scheduler), callbacks=[recorder],
+        model=model,
+        args=make_args(tmp_path, max_steps=12),
+        train_dataset=TokenDataset(48),
+        optimizers=(optimizer, scheduler),
+        callbacks=[recorder],
     )
     trainer.train()
     assert recorder.by_step == pytest.approx(expected(KneeSchedule(12, 3, 6), range(1, 13)), rel=1e-12)
@@ -152,7 +168,9 @@ def test_optimizers_route_without_the_callback(tmp_path):
 
 def test_explore_longer_than_the_budget_fails_before_the_first_step(tmp_path):
     trainer = Trainer(
-        model=tiny_model(), args=make_args(tmp_path, max_steps=10), train_dataset=TokenDataset(16),
+        model=tiny_model(),
+        args=make_args(tmp_path, max_steps=10),
+        train_dataset=TokenDataset(16),
         callbacks=[KneeCallback(num_explore_steps=11)],
     )
     with pytest.raises(ValueError, match=r"KneeCallback\(num_explore_steps\) \(11 steps\) = 11 steps exceed"):
@@ -164,8 +182,11 @@ def test_a_scheduler_the_callback_cannot_drive_is_refused(tmp_path):
     model = tiny_model()
     optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE)
     trainer = Trainer(
-        model=model, args=make_args(tmp_path, max_steps=4), train_dataset=TokenDataset(16),
-        optimizers=(optimizer, torch.optim.lr_scheduler.StepLR(optimizer, step_size=2)), callbacks=[KneeCallback()],
+        model=model,
+        args=make_args(tmp_path, max_steps=4),
+        train_dataset=TokenDataset(16),
+        optimizers=(optimizer, torch.optim.lr_scheduler.StepLR(optimizer, step_size=2)),
+        callbacks=[KneeCallback()],
     )
     with pytest.raises(ValueError, match="lr_scheduler_type"):
         trainer.train()
@@ -189,11 +210,17 @@ def test_callback_rejects_bad_arguments_at_construction(kwargs, message):
 @pytest.mark.parametrize(
     "training_args,callback_kwargs,message",
     [
-        (dict(max_steps=10, warmup_steps=6), {},
-         r"^TrainingArguments.warmup_steps \(6 steps\) \+ KneeCallback\(explore_ratio\) \(5 steps\) = 11 steps "
-         r"exceed the Trainer's budget"),
-        (dict(max_steps=10, warmup_steps=0.7), dict(num_explore_steps=4),
-         r"^TrainingArguments.warmup_steps \(7 steps\) \+ KneeCallback\(num_explore_steps\) \(4 steps\)"),
+        (
+            dict(max_steps=10, warmup_steps=6),
+            {},
+            r"^TrainingArguments.warmup_steps \(6 steps\) \+ KneeCallback\(explore_ratio\) \(5 steps\) = 11 steps "
+            r"exceed the Trainer's budget",
+        ),
+        (
+            dict(max_steps=10, warmup_steps=0.7),
+            dict(num_explore_steps=4),
+            r"^TrainingArguments.warmup_steps \(7 steps\) \+ KneeCallback\(num_explore_steps\) \(4 steps\)",
+        ),
         (dict(max_steps=10), dict(num_explore_steps=12), r"KneeCallback\(num_explore_steps\) \(12 steps\)"),
     ],
 )

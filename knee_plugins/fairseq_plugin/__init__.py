@@ -13,9 +13,13 @@ import importlib
 import sys
 
 if __name__ == "knee_plugins.fairseq_plugin":
-    from . import patches
-    from . import knee_lr_scheduler, one_cycle_lr_scheduler, radam  # noqa: F401
-    from . import models  # noqa: F401
+    from . import (  # noqa: F401
+        knee_lr_scheduler,
+        models,  # noqa: F401
+        one_cycle_lr_scheduler,
+        patches,
+        radam,
+    )
 
     patches.install()
 else:

@@ -39,9 +39,7 @@ def show_plugin_options_in_help() -> None:
     @functools.wraps(original)
     def parse_args_and_arch(parser, input_args=None, *args, **kwargs):
         argv = sys.argv[1:] if input_args is None else input_args
-        if "--lr-scheduler" in parser._option_string_actions and any(
-            flag in argv for flag in HELP_FLAGS
-        ):
+        if "--lr-scheduler" in parser._option_string_actions and any(flag in argv for flag in HELP_FLAGS):
             _add_plugin_groups(parser)
         return original(parser, input_args, *args, **kwargs)
 

@@ -13,16 +13,14 @@ started with, and the LR stays a pure function of the update count. The wrapping
 ``epoch_budget`` of :mod:`.patches`; without it, budgets in epochs fail with a clear error.
 """
 
-
 import functools
 import logging
 from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
-from omegaconf import II
-
 from fairseq.dataclass import FairseqDataclass
 from fairseq.optim.lr_scheduler import LR_SCHEDULER_REGISTRY, FairseqLRScheduler
+from omegaconf import II
 
 from ..schedule import resolve_steps, updates_per_epoch
 
@@ -79,8 +77,7 @@ class EpochAwareLRScheduler(FairseqLRScheduler):
         self.peak_lr = float(lrs[0])
         if not self.peak_lr > 0:
             raise ValueError(
-                f"--lr must be > 0 with --lr-scheduler {self.scheduler_name} (it is the seed "
-                f"LR), got {lrs[0]}"
+                f"--lr must be > 0 with --lr-scheduler {self.scheduler_name} (it is the seed LR), got {lrs[0]}"
             )
         if cfg.total_num_update is not None and cfg.total_num_update <= 0:
             raise ValueError(f"--total-num-update must be > 0, got {cfg.total_num_update}")
@@ -208,10 +205,7 @@ class EpochAwareLRScheduler(FairseqLRScheduler):
             )
         else:
             state = patches.status().get("epoch_budget", "not installed")
-            why = (
-                "the plugin's 'epoch_budget' patch of fairseq, which reports it, is not in effect "
-                f"({state})"
-            )
+            why = f"the plugin's 'epoch_budget' patch of fairseq, which reports it, is not in effect ({state})"
         return (
             f"--lr-scheduler {self.scheduler_name} with {' and '.join(self.epoch_options())}: "
             f"the number of updates per epoch is unknown: {why}. Give the budget and durations "

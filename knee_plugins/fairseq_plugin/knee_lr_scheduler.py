@@ -13,7 +13,6 @@ default ``0.5 T``), floor ``r`` (``--end-lr-ratio``, or ``--end-learning-rate`` 
 decay's shape (``--decay-type linear|cosine|1-sqrt``).
 """
 
-
 import logging
 from dataclasses import dataclass, field
 from typing import List, Optional
@@ -96,8 +95,7 @@ class KneeLRSchedule(EpochAwareLRScheduler):
         if len(given) > 1:
             shown = ", ".join(f"{name} {value}" for name, value in given.items())
             raise ValueError(
-                f"--lr-scheduler knee takes one of --explore-updates, --explore-epochs, "
-                f"--explore-ratio; got {shown}"
+                f"--lr-scheduler knee takes one of --explore-updates, --explore-epochs, --explore-ratio; got {shown}"
             )
         for name, value in given.items():
             if value < 0:
@@ -115,9 +113,7 @@ class KneeLRSchedule(EpochAwareLRScheduler):
                 "from 0 by default; inverse_sqrt's -1 has no meaning here)"
             )
         if cfg.end_learning_rate is not None and cfg.end_lr_ratio is not None:
-            raise ValueError(
-                "give --end-learning-rate (an LR) or --end-lr-ratio (a fraction of --lr), not both"
-            )
+            raise ValueError("give --end-learning-rate (an LR) or --end-lr-ratio (a fraction of --lr), not both")
         self.end_lr_ratio = self._floor_ratio()
 
     def needs_epoch_length(self) -> bool:
@@ -137,9 +133,7 @@ class KneeLRSchedule(EpochAwareLRScheduler):
             return float(cfg.end_lr_ratio)
         end_lr = cfg.end_learning_rate or 0.0
         if not 0.0 <= end_lr < self.peak_lr:
-            raise ValueError(
-                f"--end-learning-rate must be >= 0 and below --lr {self.peak_lr}, got {end_lr}"
-            )
+            raise ValueError(f"--end-learning-rate must be >= 0 and below --lr {self.peak_lr}, got {end_lr}")
         return end_lr / self.peak_lr
 
     def build_schedule(self) -> KneeSchedule:

@@ -50,8 +50,10 @@ def branch_state_dict(
             new_state[key] = tensor
             continue
         if match["branch"] not in (None, "0"):
-            raise ValueError(f"{key}: the phase-1 model already has several branches; proximal "
-                             "initialisation starts from a single-branch model")
+            raise ValueError(
+                f"{key}: the phase-1 model already has several branches; proximal "
+                "initialisation starts from a single-branch model"
+            )
         side, module = match["side"], match["module"]
         count = ffn_branches[side] if module in ("fc1", "fc2") else branches[side]
         for index in range(count):
@@ -95,7 +97,7 @@ def _multi_branch_arch(arch: str) -> str:
     if model is not None and issubclass(model, TransformerMBModel):
         return arch
     if arch == "transformer" or arch.startswith("transformer_"):
-        candidate = "transformer_mb" + arch[len("transformer"):]
+        candidate = "transformer_mb" + arch[len("transformer") :]
         return candidate if candidate in ARCH_MODEL_REGISTRY else "transformer_mb"
     raise ValueError(f"proximal initialisation needs a transformer or transformer_mb checkpoint, got --arch {arch}")
 
@@ -114,8 +116,12 @@ def proximal_init(
     FFN branch counts default to the phase-1 model's (1 for a plain transformer); the branch
     dropout stored in the options defaults to the phase-1 value (0 for a plain transformer).
     """
-    counts = {"encoder_branches": encoder_branches, "decoder_branches": decoder_branches,
-              "encoder_ffn_branches": encoder_ffn_branches, "decoder_ffn_branches": decoder_ffn_branches}
+    counts = {
+        "encoder_branches": encoder_branches,
+        "decoder_branches": decoder_branches,
+        "encoder_ffn_branches": encoder_ffn_branches,
+        "decoder_ffn_branches": decoder_ffn_branches,
+    }
     for name, value in counts.items():
         if value is not None and (isinstance(value, bool) or int(value) != value or value < 1):
             raise ValueError(f"--{name.replace('_', '-')} must be a whole number >= 1, got {value!r}")
@@ -131,10 +137,14 @@ def proximal_init(
     for side in ("encoder", "decoder"):
         old = _get(options, f"{side}_branches", 1)
         if old != 1:
-            raise ValueError(f"the phase-1 model has {old} {side} branches; proximal initialisation starts "
-                             "from a single-branch model")
-    ffn = {side: counts[f"{side}_ffn_branches"] or int(_get(options, f"{side}_pffn_branches", 1) or 1)
-           for side in ("encoder", "decoder")}
+            raise ValueError(
+                f"the phase-1 model has {old} {side} branches; proximal initialisation starts "
+                "from a single-branch model"
+            )
+    ffn = {
+        side: counts[f"{side}_ffn_branches"] or int(_get(options, f"{side}_pffn_branches", 1) or 1)
+        for side in ("encoder", "decoder")
+    }
     attention = {"encoder": encoder_branches, "decoder": decoder_branches}
 
     checkpoint["model"] = branch_state_dict(checkpoint["model"], attention, ffn)
@@ -161,12 +171,14 @@ def reset_training_state(checkpoint: dict) -> None:
     best-valid record, leaving the minimal structure fairseq 0.12 expects when it loads."""
     history = checkpoint.get("optimizer_history") or [{}]
     last = history[-1]
-    checkpoint["optimizer_history"] = [{
-        "criterion_name": last.get("criterion_name", "LabelSmoothedCrossEntropyCriterion"),
-        "optimizer_name": last.get("optimizer_name", "FairseqAdam"),
-        "lr_scheduler_state": {"best": None},
-        "num_updates": 0,
-    }]
+    checkpoint["optimizer_history"] = [
+        {
+            "criterion_name": last.get("criterion_name", "LabelSmoothedCrossEntropyCriterion"),
+            "optimizer_name": last.get("optimizer_name", "FairseqAdam"),
+            "lr_scheduler_state": {"best": None},
+            "num_updates": 0,
+        }
+    ]
     checkpoint["last_optimizer_state"] = None
     checkpoint["extra_state"] = {
         "train_iterator": {"version": 2, "epoch": 1, "iterations_in_epoch": 0, "shuffle": True},
@@ -177,23 +189,37 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="knee-mat-init",
         description="Proximal initialisation of MAT: build the phase-2 multi-branch checkpoint from a "
-                    "phase-1 single-branch one (every branch a copy), with a fresh optimizer and schedule.",
+        "phase-1 single-branch one (every branch a copy), with a fresh optimizer and schedule.",
     )
     parser.add_argument("phase1", type=Path, help="phase-1 checkpoint (transformer or 1-branch transformer_mb)")
     parser.add_argument("phase2", type=Path, help="where to write the phase-2 checkpoint")
-    parser.add_argument("--branches", type=int, default=None,
-                        help="attention branches of the phase-2 model, encoder and decoder (N_a)")
-    parser.add_argument("--encoder-branches", type=int, default=None, help="encoder attention branches "
-                        "(default: --branches)")
-    parser.add_argument("--decoder-branches", type=int, default=None, help="decoder attention branches "
-                        "(default: --branches)")
-    parser.add_argument("--ffn-branches", type=int, default=None,
-                        help="FFN branches, encoder and decoder (default: the phase-1 model's, usually 1)")
-    parser.add_argument("--branch-dropout", type=float, default=None,
-                        help="drop-branch probability stored in the phase-2 options (default: the phase-1 "
-                             "value; the phase-2 fairseq-train command sets its own)")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="check the options, print what would be written and exit without reading PHASE1")
+    parser.add_argument(
+        "--branches", type=int, default=None, help="attention branches of the phase-2 model, encoder and decoder (N_a)"
+    )
+    parser.add_argument(
+        "--encoder-branches", type=int, default=None, help="encoder attention branches (default: --branches)"
+    )
+    parser.add_argument(
+        "--decoder-branches", type=int, default=None, help="decoder attention branches (default: --branches)"
+    )
+    parser.add_argument(
+        "--ffn-branches",
+        type=int,
+        default=None,
+        help="FFN branches, encoder and decoder (default: the phase-1 model's, usually 1)",
+    )
+    parser.add_argument(
+        "--branch-dropout",
+        type=float,
+        default=None,
+        help="drop-branch probability stored in the phase-2 options (default: the phase-1 "
+        "value; the phase-2 fairseq-train command sets its own)",
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check the options, print what would be written and exit without reading PHASE1",
+    )
     args = parser.parse_args(argv)
     args.encoder_branches = args.encoder_branches or args.branches
     args.decoder_branches = args.decoder_branches or args.branches
@@ -216,9 +242,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     ffn = "as in PHASE1" if args.ffn_branches is None else str(args.ffn_branches)
-    plan = (f"{args.phase1} -> {args.phase2}: every attention copied into {args.encoder_branches} encoder / "
-            f"{args.decoder_branches} decoder branches, FFN branches {ffn}; optimizer, LR scheduler, update "
-            "and epoch counters reset")
+    plan = (
+        f"{args.phase1} -> {args.phase2}: every attention copied into {args.encoder_branches} encoder / "
+        f"{args.decoder_branches} decoder branches, FFN branches {ffn}; optimizer, LR scheduler, update "
+        "and epoch counters reset"
+    )
     if args.dry_run:
         print(plan)
         return 0
@@ -227,9 +255,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     checkpoint = torch.load(args.phase1, map_location="cpu", weights_only=True)
     try:
-        proximal_init(checkpoint, encoder_branches=args.encoder_branches, decoder_branches=args.decoder_branches,
-                      encoder_ffn_branches=args.ffn_branches, decoder_ffn_branches=args.ffn_branches,
-                      branch_dropout=args.branch_dropout)
+        proximal_init(
+            checkpoint,
+            encoder_branches=args.encoder_branches,
+            decoder_branches=args.decoder_branches,
+            encoder_ffn_branches=args.ffn_branches,
+            decoder_ffn_branches=args.ffn_branches,
+            branch_dropout=args.branch_dropout,
+        )
     except ValueError as error:
         raise SystemExit(f"knee-mat-init: {args.phase1}: {error}") from None
     args.phase2.parent.mkdir(parents=True, exist_ok=True)

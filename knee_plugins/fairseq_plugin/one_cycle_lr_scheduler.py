@@ -13,7 +13,6 @@ and ``final`` from ``T − 1`` on. The budget is resolved like ``knee``'s (``--t
 ``--max-update`` or ``--max-epoch`` × updates per epoch).
 """
 
-
 import math
 from dataclasses import dataclass, field
 
@@ -31,9 +30,7 @@ class OneCycleLRScheduleConfig(EpochBudgetConfig):
         default=0.3,
         metadata={"help": "fraction of the budget spent raising the LR from --lr/--div-factor to --lr"},
     )
-    div_factor: float = field(
-        default=25.0, metadata={"help": "the cycle starts at --lr / div-factor"}
-    )
+    div_factor: float = field(default=25.0, metadata={"help": "the cycle starts at --lr / div-factor"})
     final_div_factor: float = field(
         default=1e4,
         metadata={"help": "the cycle ends at --lr / div-factor / final-div-factor"},
@@ -71,8 +68,7 @@ class OneCycleLRSchedule(EpochAwareLRScheduler):
             )
         if cfg.div_factor <= 0 or cfg.final_div_factor <= 0:
             raise ValueError(
-                f"--div-factor and --final-div-factor must be > 0, got {cfg.div_factor} and "
-                f"{cfg.final_div_factor}"
+                f"--div-factor and --final-div-factor must be > 0, got {cfg.div_factor} and {cfg.final_div_factor}"
             )
 
     def build_schedule(self) -> list[tuple[float, float, float]]:

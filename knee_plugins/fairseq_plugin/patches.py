@@ -197,8 +197,7 @@ PATCHES: tuple[Patch, ...] = (
     Patch(
         name="clean_exit",
         target="fairseq.data.iterators.BackgroundConsumer._queue (replaced at exit)",
-        fixes="stops fairseq's prefetch threads at exit, so fairseq-train does not abort "
-        "(SIGABRT) after training",
+        fixes="stops fairseq's prefetch threads at exit, so fairseq-train does not abort (SIGABRT) after training",
         without="fairseq-train may abort after 'done training'; --data-buffer-size 0 avoids it",
         fairseq_versions=FAIRSEQ_SERIES,
         check=_check_clean_exit,
@@ -215,8 +214,7 @@ PATCHES: tuple[Patch, ...] = (
     ),
     Patch(
         name="cli_help",
-        target="fairseq.options.parse_args_and_arch (wrapped; reads the parser's "
-        "_option_string_actions)",
+        target="fairseq.options.parse_args_and_arch (wrapped; reads the parser's _option_string_actions)",
         fixes="lists the options of knee, one_cycle and radam in fairseq-train --help",
         without="--help does not show the plugin's options (they still work)",
         fairseq_versions=FAIRSEQ_SERIES,
@@ -227,8 +225,7 @@ PATCHES: tuple[Patch, ...] = (
         name="checkpoint_globals",
         target="torch.serialization.add_safe_globals (argparse.Namespace allow-listed)",
         fixes="lets torch >= 2.6 load fairseq checkpoints with weights_only=True",
-        without="fairseq-generate --path and --restore-file fail on torch >= 2.6 "
-        "(weights_only)",
+        without="fairseq-generate --path and --restore-file fail on torch >= 2.6 (weights_only)",
         fairseq_versions=FAIRSEQ_SERIES,
         check=_check_checkpoint_globals,
         apply=_apply_checkpoint_globals,

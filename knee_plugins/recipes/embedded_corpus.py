@@ -8,9 +8,9 @@ Reading it needs only the standard library; building it (:mod:`knee_plugins.reci
 from __future__ import annotations
 
 import gzip
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 CORPUS_DIR = Path(__file__).resolve().parent / "data" / "deen-gettext"
 SPLITS = ("train", "valid", "test")
@@ -27,8 +27,10 @@ def write_gzip_lines(path: Path, lines: Iterable[str]) -> None:
     """Write UTF-8 lines gzipped with no timestamp or file name, so the bytes are reproducible."""
     path.parent.mkdir(parents=True, exist_ok=True)
     data = "".join(line + "\n" for line in lines).encode("utf-8")
-    with open(path, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw,
-                                                compresslevel=9, mtime=0) as packed:
+    with (
+        open(path, "wb") as raw,
+        gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=9, mtime=0) as packed,
+    ):
         packed.write(data)
 
 
@@ -50,4 +52,4 @@ def read_split(corpus_dir: Path, split: str) -> list[Pair]:
     english = read_gzip_lines(corpus_dir / f"{split}.en.gz")
     if len(german) != len(english):
         raise ValueError(f"{corpus_dir}/{split}: {len(german)} German lines but {len(english)} English")
-    return [Pair(de, en) for de, en in zip(german, english)]
+    return [Pair(de, en) for de, en in zip(german, english, strict=True)]

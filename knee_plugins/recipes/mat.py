@@ -41,10 +41,9 @@ import shlex
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
-
 
 from . import prepare, translation
 from .results import RunResult, read_results_json, write_results_json
@@ -72,40 +71,95 @@ _MAT_DROPOUTS = ("--attention-dropout", "0", "--activation-dropout", "0")
 TASKS: dict[str, MatRecipe] = {
     "iwslt14": MatRecipe(
         translation.TaskRecipe(
-            "iwslt14", dataclasses.replace(prepare.IWSLT14_SPEC, joined_dictionary=True),
-            arch="transformer_mb_iwslt_de_en", dropout=0.3, tokens_per_update=4096, max_tokens_per_gpu=4096,
-            budget={"full": 200}, explore={"full": 100}, beam=5, **_MAT_TRAINING,
-            model_args=("--share-all-embeddings", *_MAT_DROPOUTS), generate_args=("--lenpen", "1.2"),
+            "iwslt14",
+            dataclasses.replace(prepare.IWSLT14_SPEC, joined_dictionary=True),
+            arch="transformer_mb_iwslt_de_en",
+            dropout=0.3,
+            tokens_per_update=4096,
+            max_tokens_per_gpu=4096,
+            budget={"full": 200},
+            explore={"full": 100},
+            beam=5,
+            **_MAT_TRAINING,
+            model_args=("--share-all-embeddings", *_MAT_DROPOUTS),
+            generate_args=("--lenpen", "1.2"),
         ),
-        branches=3, branch_dropout=0.3,
+        branches=3,
+        branch_dropout=0.3,
     ),
     "wmt14": MatRecipe(
         translation.TaskRecipe(
-            "wmt14", dataclasses.replace(prepare.WMT14_SPEC, source_lang="de", target_lang="en"),
-            arch="transformer_mb_wmt_en_de", dropout=0.3, tokens_per_update=524_288, max_tokens_per_gpu=4096,
-            budget={"full": 70}, explore={"full": 35}, beam=4, **_MAT_TRAINING,
-            model_args=("--share-all-embeddings", *_MAT_DROPOUTS), generate_args=("--lenpen", "0.6"),
+            "wmt14",
+            dataclasses.replace(prepare.WMT14_SPEC, source_lang="de", target_lang="en"),
+            arch="transformer_mb_wmt_en_de",
+            dropout=0.3,
+            tokens_per_update=524_288,
+            max_tokens_per_gpu=4096,
+            budget={"full": 70},
+            explore={"full": 35},
+            beam=4,
+            **_MAT_TRAINING,
+            model_args=("--share-all-embeddings", *_MAT_DROPOUTS),
+            generate_args=("--lenpen", "0.6"),
         ),
-        branches=2, branch_dropout=0.2,
+        branches=2,
+        branch_dropout=0.2,
     ),
     "demo": MatRecipe(
         translation.TaskRecipe(
-            "demo", dataclasses.replace(prepare.DEMO_SPEC, bpe_symbols=2000),
-            arch="transformer_mb", dropout=0.1, tokens_per_update=1024, max_tokens_per_gpu=1024,
-            budget={"full": 300}, explore={"full": 0.5}, budget_unit="updates", beam=4,
+            "demo",
+            dataclasses.replace(prepare.DEMO_SPEC, bpe_symbols=2000),
+            arch="transformer_mb",
+            dropout=0.1,
+            tokens_per_update=1024,
+            max_tokens_per_gpu=1024,
+            budget={"full": 300},
+            explore={"full": 0.5},
+            budget_unit="updates",
+            beam=4,
             **{**_MAT_TRAINING, "lr": 5e-3},
-            model_args=("--encoder-layers", "2", "--decoder-layers", "2", "--encoder-embed-dim", "128",
-                        "--decoder-embed-dim", "128", "--encoder-ffn-embed-dim", "512",
-                        "--decoder-ffn-embed-dim", "512", "--encoder-attention-heads", "4",
-                        "--decoder-attention-heads", "4", "--encoder-pffn-branches", "1",
-                        "--decoder-pffn-branches", "1", "--join-pffn", "--share-all-embeddings",
-                        *_MAT_DROPOUTS),
-            extra_args=("--save-interval-updates", "60", "--keep-interval-updates", "1",
-                        "--no-epoch-checkpoints", "--no-last-checkpoints", "--num-workers", "0",
-                        "--required-batch-size-multiple", "1"),
+            model_args=(
+                "--encoder-layers",
+                "2",
+                "--decoder-layers",
+                "2",
+                "--encoder-embed-dim",
+                "128",
+                "--decoder-embed-dim",
+                "128",
+                "--encoder-ffn-embed-dim",
+                "512",
+                "--decoder-ffn-embed-dim",
+                "512",
+                "--encoder-attention-heads",
+                "4",
+                "--decoder-attention-heads",
+                "4",
+                "--encoder-pffn-branches",
+                "1",
+                "--decoder-pffn-branches",
+                "1",
+                "--join-pffn",
+                "--share-all-embeddings",
+                *_MAT_DROPOUTS,
+            ),
+            extra_args=(
+                "--save-interval-updates",
+                "60",
+                "--keep-interval-updates",
+                "1",
+                "--no-epoch-checkpoints",
+                "--no-last-checkpoints",
+                "--num-workers",
+                "0",
+                "--required-batch-size-multiple",
+                "1",
+            ),
             generate_args=("--lenpen", "1.2", "--max-len-a", "1.2", "--max-len-b", "10"),
         ),
-        branches=3, branch_dropout=0.3, warmup_updates=30,
+        branches=3,
+        branch_dropout=0.3,
+        warmup_updates=30,
     ),
 }
 
@@ -136,8 +190,16 @@ class MatRun:
 
     def translation_run(self, phase: int) -> translation.RunConfig:
         """The translation recipe's view of one phase (for ``generate_command``/``run_generation``)."""
-        return translation.RunConfig(self.recipe.task, self.schedule, "full", self.seed, self.data_bin,
-                                     self.phase_dir(phase), self.batches, cpu=self.cpu)
+        return translation.RunConfig(
+            self.recipe.task,
+            self.schedule,
+            "full",
+            self.seed,
+            self.data_bin,
+            self.phase_dir(phase),
+            self.batches,
+            cpu=self.cpu,
+        )
 
 
 def schedule_args(recipe: MatRecipe, schedule: str) -> list[str]:
@@ -155,8 +217,10 @@ def schedule_args(recipe: MatRecipe, schedule: str) -> list[str]:
     else:
         updates = round(explore * task.budget["full"]) - recipe.warmup_updates
         if updates < 0:
-            raise ValueError(f"the warmup ({recipe.warmup_updates} updates) is longer than the explore phase "
-                             f"({explore:g} of {task.budget['full']} updates)")
+            raise ValueError(
+                f"the warmup ({recipe.warmup_updates} updates) is longer than the explore phase "
+                f"({explore:g} of {task.budget['full']} updates)"
+            )
         explore_args = ["--explore-updates", str(updates)]
     return ["--lr-scheduler", "knee", "--lr", f"{task.lr:g}", *warmup, *explore_args]
 
@@ -164,8 +228,16 @@ def schedule_args(recipe: MatRecipe, schedule: str) -> list[str]:
 def branch_args(recipe: MatRecipe, phase: int) -> list[str]:
     """Phase 1: one branch, no drop-branch; phase 2: the recipe's branches and drop-branch."""
     branches, dropout = (1, 0.0) if phase == 1 else (recipe.branches, recipe.branch_dropout)
-    return ["--encoder-branches", str(branches), "--decoder-branches", str(branches),
-            "--branch-dropout", f"{dropout:g}", "--pffn-branch-dropout", f"{dropout:g}"]
+    return [
+        "--encoder-branches",
+        str(branches),
+        "--decoder-branches",
+        str(branches),
+        "--branch-dropout",
+        f"{dropout:g}",
+        "--pffn-branch-dropout",
+        f"{dropout:g}",
+    ]
 
 
 def train_command(run: MatRun, phase: int) -> list[str]:
@@ -175,17 +247,48 @@ def train_command(run: MatRun, phase: int) -> list[str]:
     budget_args = ["--max-epoch", str(budget)] if task.budget_unit == "epochs" else ["--max-update", str(budget)]
     init_args = ["--finetune-from-model", str(run.init_checkpoint)] if phase == 2 else []
     command = prepare.fairseq_command("train") + [
-        str(run.data_bin), "--arch", task.arch, *task.model_args, *branch_args(run.recipe, phase),
-        "--source-lang", task.spec.source_lang, "--target-lang", task.spec.target_lang,
-        "--optimizer", "adam", "--adam-betas", f"({task.betas[0]:g}, {task.betas[1]:g})",
-        "--weight-decay", f"{task.weight_decay:g}", "--clip-norm", f"{task.clip_norm:g}",
-        *schedule_args(run.recipe, run.schedule), *budget_args,
-        "--dropout", f"{task.dropout:g}",
-        "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", f"{task.label_smoothing:g}",
-        "--max-tokens", str(run.batches.max_tokens), "--update-freq", str(run.batches.update_freq),
-        "--seed", str(run.seed), "--save-dir", str(run.phase_dir(phase)), *init_args,
-        "--best-checkpoint-metric", "loss", "--log-format", "json", "--log-interval", "10",
-        *task.extra_args, *run.extra,
+        str(run.data_bin),
+        "--arch",
+        task.arch,
+        *task.model_args,
+        *branch_args(run.recipe, phase),
+        "--source-lang",
+        task.spec.source_lang,
+        "--target-lang",
+        task.spec.target_lang,
+        "--optimizer",
+        "adam",
+        "--adam-betas",
+        f"({task.betas[0]:g}, {task.betas[1]:g})",
+        "--weight-decay",
+        f"{task.weight_decay:g}",
+        "--clip-norm",
+        f"{task.clip_norm:g}",
+        *schedule_args(run.recipe, run.schedule),
+        *budget_args,
+        "--dropout",
+        f"{task.dropout:g}",
+        "--criterion",
+        "label_smoothed_cross_entropy",
+        "--label-smoothing",
+        f"{task.label_smoothing:g}",
+        "--max-tokens",
+        str(run.batches.max_tokens),
+        "--update-freq",
+        str(run.batches.update_freq),
+        "--seed",
+        str(run.seed),
+        "--save-dir",
+        str(run.phase_dir(phase)),
+        *init_args,
+        "--best-checkpoint-metric",
+        "loss",
+        "--log-format",
+        "json",
+        "--log-interval",
+        "10",
+        *task.extra_args,
+        *run.extra,
     ]
     if run.cpu:
         command.append("--cpu")
@@ -203,8 +306,12 @@ def mat_init_command() -> list[str]:
 
 def init_command(run: MatRun) -> list[str]:
     """Proximal initialisation: phase 1's best-valid checkpoint into every branch of phase 2."""
-    return mat_init_command() + [str(run.phase_dir(1) / "checkpoint_best.pt"), str(run.init_checkpoint),
-                                 "--branches", str(run.recipe.branches)]
+    return mat_init_command() + [
+        str(run.phase_dir(1) / "checkpoint_best.pt"),
+        str(run.init_checkpoint),
+        "--branches",
+        str(run.recipe.branches),
+    ]
 
 
 def read_results(work_dir: Path) -> list[RunResult]:
@@ -213,6 +320,7 @@ def read_results(work_dir: Path) -> list[RunResult]:
 
 
 # --- data ---------------------------------------------------------------------------------------
+
 
 def prepare_data(args: argparse.Namespace, recipe: MatRecipe, work_dir: Path) -> tuple[Path, list[str]]:
     """Prepare (once) the task's data with a joined dictionary (MAT shares all embeddings);
@@ -223,8 +331,12 @@ def prepare_data(args: argparse.Namespace, recipe: MatRecipe, work_dir: Path) ->
     data_dir = work_dir / "prepared"
     data_bin, raw_test = data_dir / "data-bin", data_dir / f"raw-test.{spec.target_lang}"
     stamp_path, stamp = data_dir / "prepared.json", {"task": "wmt14-de-en", "spec": repr(spec)}
-    if (stamp_path.exists() and json.loads(stamp_path.read_text(encoding="utf-8")) == stamp
-            and (data_bin / f"dict.{spec.target_lang}.txt").exists() and raw_test.exists()):
+    if (
+        stamp_path.exists()
+        and json.loads(stamp_path.read_text(encoding="utf-8")) == stamp
+        and (data_bin / f"dict.{spec.target_lang}.txt").exists()
+        and raw_test.exists()
+    ):
         logger.info("reusing the prepared data in %s", data_dir)
         return data_bin, prepare.read_lines(raw_test)
     raw = prepare.read_wmt14(prepare.download_wmt14(args.orig_dir or work_dir / "orig"))
@@ -237,43 +349,76 @@ def prepare_data(args: argparse.Namespace, recipe: MatRecipe, work_dir: Path) ->
 
 # --- command line -------------------------------------------------------------------------------
 
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m knee_plugins.recipes.mat",
         description="Train MAT in two phases (proximal initialisation) with Knee or inverse-sqrt and score BLEU.",
     )
-    parser.add_argument("--task", choices=sorted(TASKS), default="demo",
-                        help="iwslt14 (De→En), wmt14 (De→En) or demo (the embedded gettext corpus, offline)")
-    parser.add_argument("--schedule", nargs="+", choices=SCHEDULES, default=list(SCHEDULES),
-                        help="schedules to train, each in both phases (default: knee inverse_sqrt)")
+    parser.add_argument(
+        "--task",
+        choices=sorted(TASKS),
+        default="demo",
+        help="iwslt14 (De→En), wmt14 (De→En) or demo (the embedded gettext corpus, offline)",
+    )
+    parser.add_argument(
+        "--schedule",
+        nargs="+",
+        choices=SCHEDULES,
+        default=list(SCHEDULES),
+        help="schedules to train, each in both phases (default: knee inverse_sqrt)",
+    )
     parser.add_argument("--seeds", type=int, default=1, help="repeat every run with seeds 1..N (mean ± std)")
-    parser.add_argument("--work-dir", type=Path, default=None,
-                        help="where data, checkpoints, logs and results go (default: ./runs/mat-<task>)")
-    parser.add_argument("--orig-dir", type=Path, default=None,
-                        help="downloaded raw corpora for iwslt14/wmt14 (default: <work-dir>/orig)")
-    parser.add_argument("--world-size", type=int, default=None,
-                        help="GPUs the run uses in all (default: every local GPU; 1 on CPU); sets --max-tokens "
-                             "and --update-freq so the tokens per update stay the paper's")
-    parser.add_argument("--max-updates", type=int, default=None,
-                        help="demo only: updates per phase (default 300; warmup 10%%, Knee explores to the middle)")
-    parser.add_argument("--train-pairs", type=int, default=None,
-                        help="demo only: use the first N training pairs of the corpus")
-    parser.add_argument("--heldout-pairs", type=int, default=None,
-                        help="demo only: use the first N pairs of valid and of test")
+    parser.add_argument(
+        "--work-dir",
+        type=Path,
+        default=None,
+        help="where data, checkpoints, logs and results go (default: ./runs/mat-<task>)",
+    )
+    parser.add_argument(
+        "--orig-dir",
+        type=Path,
+        default=None,
+        help="downloaded raw corpora for iwslt14/wmt14 (default: <work-dir>/orig)",
+    )
+    parser.add_argument(
+        "--world-size",
+        type=int,
+        default=None,
+        help="GPUs the run uses in all (default: every local GPU; 1 on CPU); sets --max-tokens "
+        "and --update-freq so the tokens per update stay the paper's",
+    )
+    parser.add_argument(
+        "--max-updates",
+        type=int,
+        default=None,
+        help="demo only: updates per phase (default 300; warmup 10%%, Knee explores to the middle)",
+    )
+    parser.add_argument(
+        "--train-pairs", type=int, default=None, help="demo only: use the first N training pairs of the corpus"
+    )
+    parser.add_argument(
+        "--heldout-pairs", type=int, default=None, help="demo only: use the first N pairs of valid and of test"
+    )
     parser.add_argument("--bpe-symbols", type=int, default=None, help="demo only: joint BPE merges (default: 2000)")
     parser.add_argument("--cpu", action="store_true", help="train on CPU (default when there is no GPU)")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="print the phase-1, init, phase-2 and generate commands and exit")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print the phase-1, init, phase-2 and generate commands and exit"
+    )
     parser.add_argument("--skip-generate", action="store_true", help="do not score the checkpoints on test")
-    parser.add_argument("--fairseq-args", default="",
-                        help="extra fairseq-train arguments for both phases, appended last (one quoted string)")
+    parser.add_argument(
+        "--fairseq-args",
+        default="",
+        help="extra fairseq-train arguments for both phases, appended last (one quoted string)",
+    )
     args = parser.parse_args(argv)
     if args.seeds < 1:
         parser.error(f"--seeds must be >= 1, got {args.seeds}")
     if args.world_size is not None and args.world_size < 1:
         parser.error(f"--world-size must be >= 1, got {args.world_size}")
-    if args.task != "demo" and any(getattr(args, name) is not None
-                                   for name in ("max_updates", "train_pairs", "heldout_pairs", "bpe_symbols")):
+    if args.task != "demo" and any(
+        getattr(args, name) is not None for name in ("max_updates", "train_pairs", "heldout_pairs", "bpe_symbols")
+    ):
         parser.error("--max-updates, --train-pairs, --heldout-pairs and --bpe-symbols apply to --task demo only")
     if args.max_updates is not None and args.max_updates < 4:
         parser.error(f"--max-updates must be >= 4, got {args.max_updates}")
@@ -295,9 +440,15 @@ def recipe_for(args: argparse.Namespace) -> MatRecipe:
 
 def commands(run: MatRun) -> list[list[str]]:
     """Every command of one run, in order: phase 1, init, phase 2, generate (phase 1, phase 2)."""
-    return [train_command(run, 1), init_command(run), train_command(run, 2),
-            *(translation.generate_command(run.translation_run(phase), run.phase_dir(phase) / "checkpoint_best.pt")
-              for phase in (1, 2))]
+    return [
+        train_command(run, 1),
+        init_command(run),
+        train_command(run, 2),
+        *(
+            translation.generate_command(run.translation_run(phase), run.phase_dir(phase) / "checkpoint_best.pt")
+            for phase in (1, 2)
+        ),
+    ]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -312,9 +463,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     raw_test: list[str] = []
     if not args.dry_run:
         data_bin, raw_test = prepare_data(args, recipe, work_dir)
-    runs = [MatRun(recipe, schedule, seed, data_bin, work_dir, batches, cpu=cpu,
-                   extra=tuple(shlex.split(args.fairseq_args)))
-            for seed in range(1, args.seeds + 1) for schedule in args.schedule]
+    runs = [
+        MatRun(
+            recipe, schedule, seed, data_bin, work_dir, batches, cpu=cpu, extra=tuple(shlex.split(args.fairseq_args))
+        )
+        for seed in range(1, args.seeds + 1)
+        for schedule in args.schedule
+    ]
 
     if args.dry_run:
         for run in runs:
@@ -338,18 +493,25 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if phase == 2:
                     logger.info("%s", shlex.join(init_command(run)))
                     subprocess.run(init_command(run), check=True)
-                result = translation.run_fairseq_train(train_command(run, phase), run.phase_dir(phase), label, run.seed, total)
+                result = translation.run_fairseq_train(
+                    train_command(run, phase), run.phase_dir(phase), label, run.seed, total
+                )
                 write_results_json([result], done)
             if not args.skip_generate and result.bleu_tokenized is None:
                 result.bleu_tokenized, result.bleu_detokenized = translation.run_generation(
-                    run.translation_run(phase), raw_test)
+                    run.translation_run(phase), raw_test
+                )
                 write_results_json([result], done)
             results.append(result)
             write_results_json(results, work_dir / "results.json")
-            logger.info("%s seed %d: valid loss %.3f, BLEU %s, %.0f s training", label, run.seed,
-                        result.best_valid_loss,
-                        "skipped" if result.bleu_tokenized is None else f"{result.bleu_tokenized:.2f}",
-                        result.wall_seconds)
+            logger.info(
+                "%s seed %d: valid loss %.3f, BLEU %s, %.0f s training",
+                label,
+                run.seed,
+                result.best_valid_loss,
+                "skipped" if result.bleu_tokenized is None else f"{result.bleu_tokenized:.2f}",
+                result.wall_seconds,
+            )
     print(report.format_table(results))
     return 0
 

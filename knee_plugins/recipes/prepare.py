@@ -17,9 +17,9 @@ import subprocess
 import sys
 import tarfile
 import urllib.request
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from sacremoses import MosesPunctNormalizer, MosesTokenizer
 from subword_nmt.apply_bpe import BPE
@@ -49,13 +49,35 @@ class PreparationSpec:
     clean_after_bpe: bool = False
 
 
-IWSLT14_SPEC = PreparationSpec("de", "en", bpe_symbols=10_000, lowercase=True, aggressive_dash_splits=False,
-                               normalise_punctuation=False, joined_dictionary=False)
-WMT14_SPEC = PreparationSpec("en", "de", bpe_symbols=40_000, lowercase=False, aggressive_dash_splits=True,
-                             normalise_punctuation=True, joined_dictionary=True, clean_max_tokens=250,
-                             clean_after_bpe=True)
-DEMO_SPEC = PreparationSpec("de", "en", bpe_symbols=8_000, lowercase=False, aggressive_dash_splits=False,
-                            normalise_punctuation=False, joined_dictionary=True)
+IWSLT14_SPEC = PreparationSpec(
+    "de",
+    "en",
+    bpe_symbols=10_000,
+    lowercase=True,
+    aggressive_dash_splits=False,
+    normalise_punctuation=False,
+    joined_dictionary=False,
+)
+WMT14_SPEC = PreparationSpec(
+    "en",
+    "de",
+    bpe_symbols=40_000,
+    lowercase=False,
+    aggressive_dash_splits=True,
+    normalise_punctuation=True,
+    joined_dictionary=True,
+    clean_max_tokens=250,
+    clean_after_bpe=True,
+)
+DEMO_SPEC = PreparationSpec(
+    "de",
+    "en",
+    bpe_symbols=8_000,
+    lowercase=False,
+    aggressive_dash_splits=False,
+    normalise_punctuation=False,
+    joined_dictionary=True,
+)
 
 IWSLT14_URL = "http://dl.fbaipublicfiles.com/fairseq/data/iwslt14/de-en.tgz"
 WMT14_URLS = (
@@ -71,29 +93,32 @@ WMT14_TRAIN_CORPORA = ("europarl-v7.de-en", "commoncrawl.de-en", "news-commentar
 class MosesPreprocessor:
     """Moses punctuation normalisation (optional), tokenisation and lowercasing for one language."""
 
-    def __init__(self, lang: str, *, lowercase: bool, aggressive_dash_splits: bool,
-                 normalise_punctuation: bool) -> None:
+    def __init__(
+        self, lang: str, *, lowercase: bool, aggressive_dash_splits: bool, normalise_punctuation: bool
+    ) -> None:
         self.tokenizer = MosesTokenizer(lang=lang)
-        self.normaliser = MosesPunctNormalizer(lang=lang, post_remove_control_chars=True) \
-            if normalise_punctuation else None
+        self.normaliser = (
+            MosesPunctNormalizer(lang=lang, post_remove_control_chars=True) if normalise_punctuation else None
+        )
         self.lowercase = lowercase
         self.aggressive_dash_splits = aggressive_dash_splits
 
     def __call__(self, line: str) -> str:
         if self.normaliser is not None:
             line = self.normaliser.normalize(line)
-        text = self.tokenizer.tokenize(line.strip(), aggressive_dash_splits=self.aggressive_dash_splits,
-                                       escape=False, return_str=True)
+        text = self.tokenizer.tokenize(
+            line.strip(), aggressive_dash_splits=self.aggressive_dash_splits, escape=False, return_str=True
+        )
         return text.lower() if self.lowercase else text
 
 
 def tokenize(lines: Sequence[str], preprocessor: MosesPreprocessor, description: str) -> list[str]:
-    return [preprocessor(line) for line in tqdm(lines, desc=description, unit="line", leave=False,
-                                                mininterval=2.0)]
+    return [preprocessor(line) for line in tqdm(lines, desc=description, unit="line", leave=False, mininterval=2.0)]
 
 
-def clean_parallel(source: Sequence[str], target: Sequence[str], *, ratio: float, min_tokens: int = 1,
-                   max_tokens: int) -> Parallel:
+def clean_parallel(
+    source: Sequence[str], target: Sequence[str], *, ratio: float, min_tokens: int = 1, max_tokens: int
+) -> Parallel:
     """Keep pairs whose token counts lie in [min, max] with a ratio at most ``ratio`` (the rule of
     Moses' ``clean-corpus-n.perl``)."""
     kept_source, kept_target = [], []
@@ -132,17 +157,25 @@ def read_lines(path: Path) -> list[str]:
 def prepare_text(raw: dict[str, Parallel], spec: PreparationSpec, out_dir: Path) -> Path:
     """Tokenise, clean, learn and apply joint BPE; write ``{split}.{lang}`` and ``code`` to
     ``out_dir`` and return it. ``raw`` maps train/valid/test to (source lines, target lines)."""
-    preprocessors = {lang: MosesPreprocessor(lang, lowercase=spec.lowercase,
-                                             aggressive_dash_splits=spec.aggressive_dash_splits,
-                                             normalise_punctuation=spec.normalise_punctuation)
-                     for lang in (spec.source_lang, spec.target_lang)}
+    preprocessors = {
+        lang: MosesPreprocessor(
+            lang,
+            lowercase=spec.lowercase,
+            aggressive_dash_splits=spec.aggressive_dash_splits,
+            normalise_punctuation=spec.normalise_punctuation,
+        )
+        for lang in (spec.source_lang, spec.target_lang)
+    }
     tokenized = {}
     for split, (source, target) in raw.items():
-        tokenized[split] = (tokenize(source, preprocessors[spec.source_lang], f"tokenise {split}.{spec.source_lang}"),
-                            tokenize(target, preprocessors[spec.target_lang], f"tokenise {split}.{spec.target_lang}"))
+        tokenized[split] = (
+            tokenize(source, preprocessors[spec.source_lang], f"tokenise {split}.{spec.source_lang}"),
+            tokenize(target, preprocessors[spec.target_lang], f"tokenise {split}.{spec.target_lang}"),
+        )
     if not spec.clean_after_bpe:
-        tokenized["train"] = clean_parallel(*tokenized["train"], ratio=spec.clean_ratio,
-                                            max_tokens=spec.clean_max_tokens)
+        tokenized["train"] = clean_parallel(
+            *tokenized["train"], ratio=spec.clean_ratio, max_tokens=spec.clean_max_tokens
+        )
     logger.info("learning %d joint BPE merges on %d training pairs", spec.bpe_symbols, len(tokenized["train"][0]))
     out_dir.mkdir(parents=True, exist_ok=True)
     bpe = learn_joint_bpe(tokenized["train"], out_dir / "code", spec.bpe_symbols)
@@ -168,9 +201,20 @@ def fairseq_command(name: str) -> list[str]:
 
 def binarize_command(text_dir: Path, dest_dir: Path, spec: PreparationSpec, workers: int = 1) -> list[str]:
     command = fairseq_command("preprocess") + [
-        "--source-lang", spec.source_lang, "--target-lang", spec.target_lang,
-        "--trainpref", str(text_dir / "train"), "--validpref", str(text_dir / "valid"),
-        "--testpref", str(text_dir / "test"), "--destdir", str(dest_dir), "--workers", str(workers),
+        "--source-lang",
+        spec.source_lang,
+        "--target-lang",
+        spec.target_lang,
+        "--trainpref",
+        str(text_dir / "train"),
+        "--validpref",
+        str(text_dir / "valid"),
+        "--testpref",
+        str(text_dir / "test"),
+        "--destdir",
+        str(dest_dir),
+        "--workers",
+        str(workers),
     ]
     return command + (["--joined-dictionary"] if spec.joined_dictionary else [])
 
@@ -191,8 +235,12 @@ def prepare(raw: dict[str, Parallel], spec: PreparationSpec, work_dir: Path, wor
 
 # --- raw readers -------------------------------------------------------------------------------
 
-def read_embedded_corpus(corpus_dir: Path = embedded_corpus.CORPUS_DIR, max_train_pairs: int | None = None,
-                         max_heldout_pairs: int | None = None) -> dict[str, Parallel]:
+
+def read_embedded_corpus(
+    corpus_dir: Path = embedded_corpus.CORPUS_DIR,
+    max_train_pairs: int | None = None,
+    max_heldout_pairs: int | None = None,
+) -> dict[str, Parallel]:
     """The committed De→En gettext corpus as (German, English) line lists per split, optionally
     only the first pairs of train and of valid/test."""
     raw = {}
@@ -226,13 +274,11 @@ _SEGMENT = re.compile(r'<seg id="?\d+"?>\s*(.*?)\s*</seg>')
 
 
 def _ted_train_lines(path: Path) -> list[str]:
-    return [_TED_TITLE_TAGS.sub("", line.rstrip("\n")) for line in read_lines(path)
-            if not _TED_TAG_LINE.search(line)]
+    return [_TED_TITLE_TAGS.sub("", line.rstrip("\n")) for line in read_lines(path) if not _TED_TAG_LINE.search(line)]
 
 
 def _segments(path: Path) -> list[str]:
-    return [match.group(1).replace("\u2019", "'") for line in read_lines(path)
-            if (match := _SEGMENT.search(line))]
+    return [match.group(1).replace("\u2019", "'") for line in read_lines(path) if (match := _SEGMENT.search(line))]
 
 
 def read_iwslt14(orig_dir: Path) -> dict[str, Parallel]:
@@ -245,8 +291,10 @@ def read_iwslt14(orig_dir: Path) -> dict[str, Parallel]:
     train = ([g for i, g in enumerate(german, 1) if i % 23], [e for i, e in enumerate(english, 1) if i % 23])
     valid = ([g for i, g in enumerate(german, 1) if not i % 23], [e for i, e in enumerate(english, 1) if not i % 23])
     test_sets = ("TED.dev2010", "TEDX.dev2012", "TED.tst2010", "TED.tst2011", "TED.tst2012")
-    test = tuple([line for name in test_sets for line in _segments(base / f"IWSLT14.{name}.de-en.{lang}.xml")]
-                 for lang in ("de", "en"))
+    test = tuple(
+        [line for name in test_sets for line in _segments(base / f"IWSLT14.{name}.de-en.{lang}.xml")]
+        for lang in ("de", "en")
+    )
     return {"train": train, "valid": valid, "test": test}
 
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import math
 import statistics
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from .results import RunResult, mean_std, read_results_json
 
@@ -25,12 +25,18 @@ def format_table(results: Sequence[RunResult]) -> str:
     header = ("schedule", "seeds", "BLEU tok", "BLEU detok", "valid loss", "valid ppl", "updates", "wall s")
     rows = [header, tuple("---" for _ in header)]
     for label, group in _by_label(results).items():
-        rows.append((
-            label, str(len(group)),
-            mean_std([r.bleu_tokenized for r in group], 2), mean_std([r.bleu_detokenized for r in group], 2),
-            mean_std([r.best_valid_loss for r in group], 3), mean_std([r.best_valid_ppl for r in group], 2),
-            mean_std([r.updates for r in group], 0), mean_std([r.wall_seconds for r in group], 0),
-        ))
+        rows.append(
+            (
+                label,
+                str(len(group)),
+                mean_std([r.bleu_tokenized for r in group], 2),
+                mean_std([r.bleu_detokenized for r in group], 2),
+                mean_std([r.best_valid_loss for r in group], 3),
+                mean_std([r.best_valid_ppl for r in group], 2),
+                mean_std([r.updates for r in group], 0),
+                mean_std([r.wall_seconds for r in group], 0),
+            )
+        )
     return "\n".join("| " + " | ".join(row) + " |" for row in rows)
 
 
@@ -45,14 +51,22 @@ def write_plots(results: Sequence[RunResult], out_dir: Path) -> list[Path]:
     groups = _by_label(results)
     paths = []
 
-    for name, curve_of, ylabel in (("lr_curves.png", lambda r: r.lr_curve, "learning rate"),
-                                   ("valid_loss.png", lambda r: r.valid_curve, "valid loss (label-smoothed)")):
+    for name, curve_of, ylabel in (
+        ("lr_curves.png", lambda r: r.lr_curve, "learning rate"),
+        ("valid_loss.png", lambda r: r.valid_curve, "valid loss (label-smoothed)"),
+    ):
         figure, axes = plt.subplots(figsize=(8, 4.8))
         for label, group in groups.items():
             curve = curve_of(group[0])
-            axes.plot([u for u, _ in curve], [v for _, v in curve], label=label,
-                      linestyle="--" if "(" in label else "-", linewidth=1.6,
-                      marker="o" if name == "valid_loss.png" else None, markersize=4)
+            axes.plot(
+                [u for u, _ in curve],
+                [v for _, v in curve],
+                label=label,
+                linestyle="--" if "(" in label else "-",
+                linewidth=1.6,
+                marker="o" if name == "valid_loss.png" else None,
+                markersize=4,
+            )
         axes.set_xlabel("updates")
         axes.set_ylabel(ylabel)
         axes.set_title(f"{ylabel} per schedule (seed {min(r.seed for r in results)})")
@@ -75,7 +89,7 @@ def write_plots(results: Sequence[RunResult], out_dir: Path) -> list[Path]:
     axes.set_ylabel("test BLEU (tokenised)")
     seeds = max(len(group) for group in groups.values())
     axes.set_title(f"test BLEU of the best-valid checkpoint (mean ± std over {seeds} seed{'s' * (seeds > 1)})")
-    axes.set_ylim(0, max([m + e for m, e in zip(means, errors) if not math.isnan(m)] + [1.0]) * 1.15)
+    axes.set_ylim(0, max([m + e for m, e in zip(means, errors, strict=False) if not math.isnan(m)] + [1.0]) * 1.15)
     axes.tick_params(axis="x", rotation=20)
     figure.tight_layout()
     figure.savefig(out_dir / "bleu.png", dpi=120)

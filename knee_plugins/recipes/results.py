@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import json
 import statistics
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
 
 
 @dataclass
@@ -45,6 +45,13 @@ def write_results_json(results: Sequence[RunResult], path: Path) -> None:
 
 def read_results_json(path: Path) -> list[RunResult]:
     """The runs :func:`write_results_json` wrote (curves back as lists of pairs)."""
-    return [RunResult(**{**record, "lr_curve": [tuple(p) for p in record["lr_curve"]],
-                         "valid_curve": [tuple(p) for p in record["valid_curve"]]})
-            for record in json.loads(path.read_text(encoding="utf-8"))]
+    return [
+        RunResult(
+            **{
+                **record,
+                "lr_curve": [tuple(p) for p in record["lr_curve"]],
+                "valid_curve": [tuple(p) for p in record["valid_curve"]],
+            }
+        )
+        for record in json.loads(path.read_text(encoding="utf-8"))
+    ]

@@ -38,9 +38,9 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 from tqdm import tqdm
 
@@ -51,8 +51,14 @@ logger = logging.getLogger(__name__)
 
 SCHEDULES = ("knee", "linear", "cosine", "inverse_sqrt", "one_cycle")
 BUDGETS = ("full", "short")
-DEMO_RUNS = (("knee", "full"), ("linear", "full"), ("cosine", "full"), ("inverse_sqrt", "full"),
-             ("one_cycle", "full"), ("knee", "short"))
+DEMO_RUNS = (
+    ("knee", "full"),
+    ("linear", "full"),
+    ("cosine", "full"),
+    ("inverse_sqrt", "full"),
+    ("one_cycle", "full"),
+    ("knee", "short"),
+)
 
 
 @dataclass(frozen=True)
@@ -85,29 +91,73 @@ class TaskRecipe:
 
 TASKS: dict[str, TaskRecipe] = {
     "iwslt14": TaskRecipe(
-        "iwslt14", prepare.IWSLT14_SPEC, arch="transformer_iwslt_de_en", dropout=0.3,
-        tokens_per_update=4096, max_tokens_per_gpu=4096,
-        budget={"full": 50, "short": 35}, explore={"full": 40, "short": 30},
+        "iwslt14",
+        prepare.IWSLT14_SPEC,
+        arch="transformer_iwslt_de_en",
+        dropout=0.3,
+        tokens_per_update=4096,
+        max_tokens_per_gpu=4096,
+        budget={"full": 50, "short": 35},
+        explore={"full": 40, "short": 30},
         model_args=("--share-decoder-input-output-embed",),
     ),
     "wmt14": TaskRecipe(
-        "wmt14", prepare.WMT14_SPEC, arch="transformer", dropout=0.1,
-        tokens_per_update=30000, max_tokens_per_gpu=3750,
-        budget={"full": 70, "short": 30}, explore={"full": 50, "short": 25}, beam=4,
+        "wmt14",
+        prepare.WMT14_SPEC,
+        arch="transformer",
+        dropout=0.1,
+        tokens_per_update=30000,
+        max_tokens_per_gpu=3750,
+        budget={"full": 70, "short": 30},
+        explore={"full": 50, "short": 25},
+        beam=4,
         model_args=("--share-all-embeddings",),
     ),
     "demo": TaskRecipe(
-        "demo", prepare.DEMO_SPEC, arch="transformer", dropout=0.1,
-        tokens_per_update=1024, max_tokens_per_gpu=1024,
-        budget={"full": 400, "short": 260}, explore={"full": 0.5, "short": 0.5}, budget_unit="updates",
-        lr=1e-2, one_cycle_max_lr=1e-2, inverse_sqrt_warmup=40, beam=4,
-        model_args=("--encoder-layers", "2", "--decoder-layers", "2", "--encoder-embed-dim", "128",
-                    "--decoder-embed-dim", "128", "--encoder-ffn-embed-dim", "512",
-                    "--decoder-ffn-embed-dim", "512", "--encoder-attention-heads", "4",
-                    "--decoder-attention-heads", "4", "--share-all-embeddings"),
-        extra_args=("--save-interval-updates", "80", "--keep-interval-updates", "1",
-                    "--no-epoch-checkpoints", "--no-last-checkpoints", "--num-workers", "0",
-                    "--required-batch-size-multiple", "1"),
+        "demo",
+        prepare.DEMO_SPEC,
+        arch="transformer",
+        dropout=0.1,
+        tokens_per_update=1024,
+        max_tokens_per_gpu=1024,
+        budget={"full": 400, "short": 260},
+        explore={"full": 0.5, "short": 0.5},
+        budget_unit="updates",
+        lr=1e-2,
+        one_cycle_max_lr=1e-2,
+        inverse_sqrt_warmup=40,
+        beam=4,
+        model_args=(
+            "--encoder-layers",
+            "2",
+            "--decoder-layers",
+            "2",
+            "--encoder-embed-dim",
+            "128",
+            "--decoder-embed-dim",
+            "128",
+            "--encoder-ffn-embed-dim",
+            "512",
+            "--decoder-ffn-embed-dim",
+            "512",
+            "--encoder-attention-heads",
+            "4",
+            "--decoder-attention-heads",
+            "4",
+            "--share-all-embeddings",
+        ),
+        extra_args=(
+            "--save-interval-updates",
+            "80",
+            "--keep-interval-updates",
+            "1",
+            "--no-epoch-checkpoints",
+            "--no-last-checkpoints",
+            "--num-workers",
+            "0",
+            "--required-batch-size-multiple",
+            "1",
+        ),
         generate_args=("--max-len-a", "1.2", "--max-len-b", "10"),
     ),
 }
@@ -157,8 +207,10 @@ def _budget_updates(run: RunConfig) -> int:
     if recipe.budget_unit == "updates":
         return amount
     if run.updates_per_epoch is None:
-        raise ValueError(f"--schedule {run.schedule} needs the budget in updates: pass --updates-per-epoch "
-                         "or prepare the data so it can be measured")
+        raise ValueError(
+            f"--schedule {run.schedule} needs the budget in updates: pass --updates-per-epoch "
+            "or prepare the data so it can be measured"
+        )
     return amount * run.updates_per_epoch
 
 
@@ -171,18 +223,54 @@ def schedule_args(run: RunConfig) -> list[str]:
         explore_args = ["--explore-epochs", f"{explore:g}"] if epochs else ["--explore-ratio", f"{explore:g}"]
         return ["--lr-scheduler", "knee", "--lr", f"{recipe.lr:g}", "--warmup-updates", "0", *explore_args]
     if run.schedule == "one_cycle":
-        return ["--lr-scheduler", "one_cycle", "--lr", f"{recipe.one_cycle_max_lr:g}",
-                "--div-factor", f"{recipe.one_cycle_div_factor:g}"]
+        return [
+            "--lr-scheduler",
+            "one_cycle",
+            "--lr",
+            f"{recipe.one_cycle_max_lr:g}",
+            "--div-factor",
+            f"{recipe.one_cycle_div_factor:g}",
+        ]
     total = _budget_updates(run)
     if run.schedule == "linear":
-        return ["--lr-scheduler", "polynomial_decay", "--lr", f"{recipe.lr:g}", "--power", "1",
-                "--end-learning-rate", "0", "--warmup-updates", "0", "--total-num-update", str(total)]
+        return [
+            "--lr-scheduler",
+            "polynomial_decay",
+            "--lr",
+            f"{recipe.lr:g}",
+            "--power",
+            "1",
+            "--end-learning-rate",
+            "0",
+            "--warmup-updates",
+            "0",
+            "--total-num-update",
+            str(total),
+        ]
     if run.schedule == "cosine":
-        return ["--lr-scheduler", "cosine", "--lr", f"{recipe.lr:g}", "--warmup-updates", "0",
-                "--min-lr", "0", "--max-update", str(total)]
+        return [
+            "--lr-scheduler",
+            "cosine",
+            "--lr",
+            f"{recipe.lr:g}",
+            "--warmup-updates",
+            "0",
+            "--min-lr",
+            "0",
+            "--max-update",
+            str(total),
+        ]
     if run.schedule == "inverse_sqrt":
-        return ["--lr-scheduler", "inverse_sqrt", "--lr", f"{recipe.lr:g}",
-                "--warmup-updates", str(recipe.inverse_sqrt_warmup), "--warmup-init-lr", "1e-07"]
+        return [
+            "--lr-scheduler",
+            "inverse_sqrt",
+            "--lr",
+            f"{recipe.lr:g}",
+            "--warmup-updates",
+            str(recipe.inverse_sqrt_warmup),
+            "--warmup-init-lr",
+            "1e-07",
+        ]
     raise ValueError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {run.schedule!r}")
 
 
@@ -195,17 +283,46 @@ def train_command(run: RunConfig) -> list[str]:
     if "--max-update" in scheduler and "--max-update" in budget_args:
         budget_args = []
     command = prepare.fairseq_command("train") + [
-        str(run.data_bin), "--arch", recipe.arch, *recipe.model_args,
-        "--source-lang", recipe.spec.source_lang, "--target-lang", recipe.spec.target_lang,
-        "--optimizer", "radam", "--radam-betas", f"({recipe.betas[0]:g}, {recipe.betas[1]:g})",
-        "--weight-decay", f"{recipe.weight_decay:g}", "--clip-norm", f"{recipe.clip_norm:g}",
-        *scheduler, *budget_args,
-        "--dropout", f"{recipe.dropout:g}",
-        "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", f"{recipe.label_smoothing:g}",
-        "--max-tokens", str(run.batches.max_tokens), "--update-freq", str(run.batches.update_freq),
-        "--seed", str(run.seed), "--save-dir", str(run.save_dir),
-        "--best-checkpoint-metric", "loss", "--log-format", "json", "--log-interval", "10",
-        *recipe.extra_args, *run.extra,
+        str(run.data_bin),
+        "--arch",
+        recipe.arch,
+        *recipe.model_args,
+        "--source-lang",
+        recipe.spec.source_lang,
+        "--target-lang",
+        recipe.spec.target_lang,
+        "--optimizer",
+        "radam",
+        "--radam-betas",
+        f"({recipe.betas[0]:g}, {recipe.betas[1]:g})",
+        "--weight-decay",
+        f"{recipe.weight_decay:g}",
+        "--clip-norm",
+        f"{recipe.clip_norm:g}",
+        *scheduler,
+        *budget_args,
+        "--dropout",
+        f"{recipe.dropout:g}",
+        "--criterion",
+        "label_smoothed_cross_entropy",
+        "--label-smoothing",
+        f"{recipe.label_smoothing:g}",
+        "--max-tokens",
+        str(run.batches.max_tokens),
+        "--update-freq",
+        str(run.batches.update_freq),
+        "--seed",
+        str(run.seed),
+        "--save-dir",
+        str(run.save_dir),
+        "--best-checkpoint-metric",
+        "loss",
+        "--log-format",
+        "json",
+        "--log-interval",
+        "10",
+        *recipe.extra_args,
+        *run.extra,
     ]
     if run.cpu:
         command.append("--cpu")
@@ -216,10 +333,24 @@ def generate_command(run: RunConfig, checkpoint: Path) -> list[str]:
     """The ``fairseq-generate`` command scoring ``checkpoint`` on the whole test split (fairseq
     0.12 drops the last sentences when the batch size must be a multiple of 8, hence ``1``)."""
     return prepare.fairseq_command("generate") + [
-        str(run.data_bin), "--path", str(checkpoint), "--gen-subset", "test",
-        "--source-lang", run.recipe.spec.source_lang, "--target-lang", run.recipe.spec.target_lang,
-        "--beam", str(run.recipe.beam), "--batch-size", "128", "--required-batch-size-multiple", "1",
-        "--remove-bpe", *run.recipe.generate_args, *(["--cpu"] if run.cpu else []),
+        str(run.data_bin),
+        "--path",
+        str(checkpoint),
+        "--gen-subset",
+        "test",
+        "--source-lang",
+        run.recipe.spec.source_lang,
+        "--target-lang",
+        run.recipe.spec.target_lang,
+        "--beam",
+        str(run.recipe.beam),
+        "--batch-size",
+        "128",
+        "--required-batch-size-multiple",
+        "1",
+        "--remove-bpe",
+        *run.recipe.generate_args,
+        *(["--cpu"] if run.cpu else []),
     ]
 
 
@@ -244,8 +375,9 @@ def run_training(run: RunConfig, progress_position: int = 0) -> RunResult:
     return run_fairseq_train(train_command(run), run.save_dir, run.label, run.seed, total, progress_position)
 
 
-def run_fairseq_train(command: Sequence[str], save_dir: Path, label: str, seed: int, total_updates: int | None,
-                      progress_position: int = 0) -> RunResult:
+def run_fairseq_train(
+    command: Sequence[str], save_dir: Path, label: str, seed: int, total_updates: int | None, progress_position: int = 0
+) -> RunResult:
     """Run one ``fairseq-train`` command with a progress bar, keep its log as ``save_dir/train.log`` and
     read the LR curve, the valid curve and the best valid loss from it."""
     save_dir.mkdir(parents=True, exist_ok=True)
@@ -253,10 +385,18 @@ def run_fairseq_train(command: Sequence[str], save_dir: Path, label: str, seed: 
     log_path = save_dir / "train.log"
     lines: list[str] = []
     start = time.monotonic()
-    with open(log_path, "w", encoding="utf-8") as log, \
-            subprocess.Popen(list(command), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as process, \
-            tqdm(total=total_updates, desc=f"{label} seed {seed}", unit="upd", position=progress_position,
-                 leave=True, mininterval=1.0) as bar:
+    with (
+        open(log_path, "w", encoding="utf-8") as log,
+        subprocess.Popen(list(command), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as process,
+        tqdm(
+            total=total_updates,
+            desc=f"{label} seed {seed}",
+            unit="upd",
+            position=progress_position,
+            leave=True,
+            mininterval=1.0,
+        ) as bar,
+    ):
         for line in process.stdout:
             log.write(line)
             lines.append(line)
@@ -268,8 +408,9 @@ def run_fairseq_train(command: Sequence[str], save_dir: Path, label: str, seed: 
                 bar.set_postfix(valid_loss=record["valid"][0]["valid_loss"])
     wall = time.monotonic() - start
     if process.returncode:
-        raise RuntimeError(f"fairseq-train failed for {label} (exit {process.returncode}); see {log_path}:\n"
-                           + "".join(lines[-20:]))
+        raise RuntimeError(
+            f"fairseq-train failed for {label} (exit {process.returncode}); see {log_path}:\n" + "".join(lines[-20:])
+        )
     records = parse_log(lines)
     if not records["valid"]:
         raise RuntimeError(f"fairseq-train logged no validation for {label}; see {log_path}")
@@ -280,8 +421,13 @@ def run_fairseq_train(command: Sequence[str], save_dir: Path, label: str, seed: 
     return RunResult(label, seed, wall, updates, float(best["valid_loss"]), float(best["valid_ppl"]), lr_curve, valid)
 
 
-def score_translations(hypotheses: Sequence[str], references: Sequence[str], raw_references: Sequence[str],
-                       target_lang: str, lowercase: bool) -> tuple[float, float]:
+def score_translations(
+    hypotheses: Sequence[str],
+    references: Sequence[str],
+    raw_references: Sequence[str],
+    target_lang: str,
+    lowercase: bool,
+) -> tuple[float, float]:
     """(tokenised BLEU, detokenised BLEU). Tokenised: sacrebleu on the Moses-tokenised, BPE-removed
     text with no further tokenisation (what ``fairseq-generate`` prints and the paper reports).
     Detokenised: Moses-detokenised hypotheses against the raw references with sacrebleu's 13a."""
@@ -310,11 +456,17 @@ def run_generation(run: RunConfig, raw_references: Sequence[str]) -> tuple[float
             (hypotheses if kind == "H" else references)[int(index)] = fields[-1]
     order = sorted(references)
     if len(order) != len(raw_references):
-        raise RuntimeError(f"fairseq-generate returned {len(order)} translations for {len(raw_references)} "
-                           f"test sentences; see {run.save_dir / 'generate-test.txt'}")
-    return score_translations([hypotheses[i] for i in order], [references[i] for i in order],
-                              [raw_references[i] for i in order], run.recipe.spec.target_lang,
-                              run.recipe.spec.lowercase)
+        raise RuntimeError(
+            f"fairseq-generate returned {len(order)} translations for {len(raw_references)} "
+            f"test sentences; see {run.save_dir / 'generate-test.txt'}"
+        )
+    return score_translations(
+        [hypotheses[i] for i in order],
+        [references[i] for i in order],
+        [raw_references[i] for i in order],
+        run.recipe.spec.target_lang,
+        run.recipe.spec.lowercase,
+    )
 
 
 def count_updates_per_epoch(run: RunConfig) -> int:
@@ -327,64 +479,105 @@ def count_updates_per_epoch(run: RunConfig) -> int:
 
     argv = train_command(RunConfig(**{**run.__dict__, "schedule": "knee"}))
     parser = options.get_training_parser()
-    args = options.parse_args_and_arch(parser, argv[len(prepare.fairseq_command("train")):])
+    args = options.parse_args_and_arch(parser, argv[len(prepare.fairseq_command("train")) :])
     task = tasks.setup_task(args)
     task.load_dataset("train")
     model_positions = (getattr(args, "max_source_positions", None), getattr(args, "max_target_positions", None))
     iterator = task.get_batch_iterator(
-        dataset=task.dataset("train"), max_tokens=args.max_tokens,
+        dataset=task.dataset("train"),
+        max_tokens=args.max_tokens,
         max_positions=utils.resolve_max_positions(
-            task.max_positions(), None if None in model_positions else model_positions, args.max_tokens),
-        ignore_invalid_inputs=True, required_batch_size_multiple=args.required_batch_size_multiple,
-        num_shards=run.batches.world_size, shard_id=0, seed=args.seed,
+            task.max_positions(), None if None in model_positions else model_positions, args.max_tokens
+        ),
+        ignore_invalid_inputs=True,
+        required_batch_size_multiple=args.required_batch_size_multiple,
+        num_shards=run.batches.world_size,
+        shard_id=0,
+        seed=args.seed,
     )
     return fairseq_updates_per_epoch(len(iterator), run.batches.update_freq, bool(args.skip_remainder_batch))
 
 
 # --- command line -----------------------------------------------------------------------------
 
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m knee_plugins.recipes.translation",
         description="Train and evaluate the paper's translation recipes with Knee or a baseline schedule.",
     )
-    parser.add_argument("--task", choices=sorted(TASKS), default="demo",
-                        help="iwslt14 (De→En), wmt14 (En→De) or demo (the embedded gettext corpus, offline)")
-    parser.add_argument("--schedule", nargs="+", choices=SCHEDULES, default=None,
-                        help="schedules to train (default: knee; for the demo the paper's comparison: "
-                             "knee, linear, cosine, inverse_sqrt, one_cycle and knee at the short budget)")
-    parser.add_argument("--budget", nargs="+", choices=BUDGETS, default=None,
-                        help="full or short budget (the paper's, see the module docs; default: full)")
+    parser.add_argument(
+        "--task",
+        choices=sorted(TASKS),
+        default="demo",
+        help="iwslt14 (De→En), wmt14 (En→De) or demo (the embedded gettext corpus, offline)",
+    )
+    parser.add_argument(
+        "--schedule",
+        nargs="+",
+        choices=SCHEDULES,
+        default=None,
+        help="schedules to train (default: knee; for the demo the paper's comparison: "
+        "knee, linear, cosine, inverse_sqrt, one_cycle and knee at the short budget)",
+    )
+    parser.add_argument(
+        "--budget",
+        nargs="+",
+        choices=BUDGETS,
+        default=None,
+        help="full or short budget (the paper's, see the module docs; default: full)",
+    )
     parser.add_argument("--seeds", type=int, default=1, help="repeat every run with seeds 1..N (mean ± std)")
-    parser.add_argument("--work-dir", type=Path, default=None,
-                        help="where data, checkpoints, logs and plots go (default: ./runs/<task>)")
-    parser.add_argument("--orig-dir", type=Path, default=None,
-                        help="downloaded raw corpora for iwslt14/wmt14 (default: <work-dir>/orig)")
-    parser.add_argument("--world-size", type=int, default=None,
-                        help="GPUs the run uses in all (default: every local GPU; 1 on CPU); sets "
-                             "--max-tokens and --update-freq so the tokens per update stay the paper's")
-    parser.add_argument("--updates-per-epoch", type=int, default=None,
-                        help="updates in one epoch, for the baselines' budgets in updates "
-                             "(default: measured from the binarised data)")
-    parser.add_argument("--max-updates", type=int, default=None,
-                        help="demo only: the full budget in updates (short is 65%% of it)")
-    parser.add_argument("--train-pairs", type=int, default=None,
-                        help="demo only: use the first N training pairs of the corpus")
-    parser.add_argument("--heldout-pairs", type=int, default=None,
-                        help="demo only: use the first N pairs of valid and of test")
-    parser.add_argument("--bpe-symbols", type=int, default=None,
-                        help="demo only: joint BPE merges (default: 8000)")
+    parser.add_argument(
+        "--work-dir",
+        type=Path,
+        default=None,
+        help="where data, checkpoints, logs and plots go (default: ./runs/<task>)",
+    )
+    parser.add_argument(
+        "--orig-dir",
+        type=Path,
+        default=None,
+        help="downloaded raw corpora for iwslt14/wmt14 (default: <work-dir>/orig)",
+    )
+    parser.add_argument(
+        "--world-size",
+        type=int,
+        default=None,
+        help="GPUs the run uses in all (default: every local GPU; 1 on CPU); sets "
+        "--max-tokens and --update-freq so the tokens per update stay the paper's",
+    )
+    parser.add_argument(
+        "--updates-per-epoch",
+        type=int,
+        default=None,
+        help="updates in one epoch, for the baselines' budgets in updates (default: measured from the binarised data)",
+    )
+    parser.add_argument(
+        "--max-updates", type=int, default=None, help="demo only: the full budget in updates (short is 65%% of it)"
+    )
+    parser.add_argument(
+        "--train-pairs", type=int, default=None, help="demo only: use the first N training pairs of the corpus"
+    )
+    parser.add_argument(
+        "--heldout-pairs", type=int, default=None, help="demo only: use the first N pairs of valid and of test"
+    )
+    parser.add_argument("--bpe-symbols", type=int, default=None, help="demo only: joint BPE merges (default: 8000)")
     parser.add_argument("--cpu", action="store_true", help="train on CPU (default when there is no GPU)")
     parser.add_argument("--dry-run", action="store_true", help="print the fairseq-train commands and exit")
     parser.add_argument("--skip-generate", action="store_true", help="do not score the checkpoints on test")
-    parser.add_argument("--fairseq-args", default="",
-                        help="extra fairseq-train arguments, appended last (quoted as one string)")
+    parser.add_argument(
+        "--fairseq-args", default="", help="extra fairseq-train arguments, appended last (quoted as one string)"
+    )
     args = parser.parse_args(argv)
     if args.seeds < 1:
         parser.error(f"--seeds must be >= 1, got {args.seeds}")
     if args.task != "demo" and (
-            args.max_updates is not None or args.train_pairs is not None or args.heldout_pairs is not None
-            or args.bpe_symbols is not None):
+        args.max_updates is not None
+        or args.train_pairs is not None
+        or args.heldout_pairs is not None
+        or args.bpe_symbols is not None
+    ):
         parser.error("--max-updates, --train-pairs, --heldout-pairs and --bpe-symbols apply to --task demo only")
     if args.max_updates is not None and args.max_updates < 2:
         parser.error(f"--max-updates must be >= 2, got {args.max_updates}")
@@ -408,8 +601,14 @@ def recipe_for(args: argparse.Namespace) -> TaskRecipe:
         interval = str(max(1, full // 5))
         extra = list(recipe.extra_args)
         extra[extra.index("--save-interval-updates") + 1] = interval
-        recipe = TaskRecipe(**{**recipe.__dict__, "budget": {"full": full, "short": short},
-                               "inverse_sqrt_warmup": warmup, "extra_args": tuple(extra)})
+        recipe = TaskRecipe(
+            **{
+                **recipe.__dict__,
+                "budget": {"full": full, "short": short},
+                "inverse_sqrt_warmup": warmup,
+                "extra_args": tuple(extra),
+            }
+        )
     return recipe
 
 
@@ -429,10 +628,18 @@ def prepare_data(args: argparse.Namespace, recipe: TaskRecipe, work_dir: Path) -
     data_bin = data_dir / "data-bin"
     raw_test = data_dir / f"raw-test.{recipe.spec.target_lang}"
     stamp_path = data_dir / "prepared.json"
-    stamp = {"task": args.task, "spec": repr(recipe.spec), "train_pairs": args.train_pairs,
-             "heldout_pairs": args.heldout_pairs}
-    if (stamp_path.exists() and json.loads(stamp_path.read_text(encoding="utf-8")) == stamp
-            and (data_bin / f"dict.{recipe.spec.target_lang}.txt").exists() and raw_test.exists()):
+    stamp = {
+        "task": args.task,
+        "spec": repr(recipe.spec),
+        "train_pairs": args.train_pairs,
+        "heldout_pairs": args.heldout_pairs,
+    }
+    if (
+        stamp_path.exists()
+        and json.loads(stamp_path.read_text(encoding="utf-8")) == stamp
+        and (data_bin / f"dict.{recipe.spec.target_lang}.txt").exists()
+        and raw_test.exists()
+    ):
         logger.info("reusing the prepared data in %s", data_dir)
         return data_bin, prepare.read_lines(raw_test)
     for stale in (data_bin, data_dir / "text"):
@@ -465,10 +672,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.dry_run:
         data_bin, raw_test = prepare_data(args, recipe, work_dir)
 
-    runs = [RunConfig(recipe, schedule, budget, seed, data_bin,
-                      work_dir / "checkpoints" / f"{schedule}-{budget}-seed{seed}", batches,
-                      updates_per_epoch=args.updates_per_epoch, cpu=cpu, extra=shlex.split(args.fairseq_args))
-            for seed in range(1, args.seeds + 1) for schedule, budget in selected_runs(args)]
+    runs = [
+        RunConfig(
+            recipe,
+            schedule,
+            budget,
+            seed,
+            data_bin,
+            work_dir / "checkpoints" / f"{schedule}-{budget}-seed{seed}",
+            batches,
+            updates_per_epoch=args.updates_per_epoch,
+            cpu=cpu,
+            extra=shlex.split(args.fairseq_args),
+        )
+        for seed in range(1, args.seeds + 1)
+        for schedule, budget in selected_runs(args)
+    ]
     needs_epoch_length = recipe.budget_unit == "epochs" and any(r.schedule in ("linear", "cosine") for r in runs)
     if needs_epoch_length and args.updates_per_epoch is None:
         if args.dry_run and not data_bin.exists():
@@ -493,10 +712,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             logger.info("generated %d test translations in %.0f s", len(raw_test), time.monotonic() - start)
         results.append(result)
         write_results_json(results, work_dir / "results.json")
-        logger.info("%s seed %d: valid loss %.3f, BLEU %s, %.0f s training", result.label, result.seed,
-                    result.best_valid_loss,
-                    "skipped" if result.bleu_tokenized is None else f"{result.bleu_tokenized:.2f}",
-                    result.wall_seconds)
+        logger.info(
+            "%s seed %d: valid loss %.3f, BLEU %s, %.0f s training",
+            result.label,
+            result.seed,
+            result.best_valid_loss,
+            "skipped" if result.bleu_tokenized is None else f"{result.bleu_tokenized:.2f}",
+            result.wall_seconds,
+        )
     print(report.format_table(results))
     for path in report.write_plots(results, work_dir):
         print(f"wrote {path}")

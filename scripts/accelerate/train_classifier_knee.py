@@ -31,34 +31,61 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
 
 from knee_plugins import get_knee_schedule_with_warmup, resolve_steps
-from knee_plugins.recipes.hf_data import SECTION_NAMES, Verse, VerseClassification, kjv_verses, minilm_model_dir, split_verses
+from knee_plugins.recipes.hf_data import (
+    SECTION_NAMES,
+    Verse,
+    VerseClassification,
+    kjv_verses,
+    minilm_model_dir,
+    split_verses,
+)
 
 logger = get_logger(__name__)
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description="Fine-tune a text classifier with the Knee LR schedule under accelerate.")
-    parser.add_argument("--model_name_or_path", default=None, help="model name or path (default: the MiniLM shipped on PyPI)")
-    parser.add_argument("--train_file", default=None, help='JSON lines with "text" and integer "label" (default: KJV sections)')
-    parser.add_argument("--train_examples", type=int, default=2000, help="use at most this many training examples (0: all)")
+    parser = argparse.ArgumentParser(
+        description="Fine-tune a text classifier with the Knee LR schedule under accelerate."
+    )
+    parser.add_argument(
+        "--model_name_or_path", default=None, help="model name or path (default: the MiniLM shipped on PyPI)"
+    )
+    parser.add_argument(
+        "--train_file", default=None, help='JSON lines with "text" and integer "label" (default: KJV sections)'
+    )
+    parser.add_argument(
+        "--train_examples", type=int, default=2000, help="use at most this many training examples (0: all)"
+    )
     parser.add_argument("--max_length", type=int, default=40, help="tokens per example after truncation")
     parser.add_argument("--per_device_train_batch_size", type=int, default=16, help="batch size per process")
     parser.add_argument("--gradient_accumulation_steps", type=int, default=1, help="micro-batches per optimizer update")
     parser.add_argument("--learning_rate", type=float, default=1e-4, help="seed (peak) learning rate")
     parser.add_argument("--weight_decay", type=float, default=0.01, help="AdamW weight decay")
-    parser.add_argument("--num_train_epochs", type=int, default=1, help="epochs, used when --max_train_steps is not set")
-    parser.add_argument("--max_train_steps", type=int, default=None, help="optimizer updates; overrides --num_train_epochs")
+    parser.add_argument(
+        "--num_train_epochs", type=int, default=1, help="epochs, used when --max_train_steps is not set"
+    )
+    parser.add_argument(
+        "--max_train_steps", type=int, default=None, help="optimizer updates; overrides --num_train_epochs"
+    )
     parser.add_argument("--num_warmup_steps", default="0", help="warmup: steps (100), fraction (0.1) or epochs (1ep)")
-    parser.add_argument("--explore", default=None, help="explore phase: steps, fraction or epochs; wins over --explore_ratio")
+    parser.add_argument(
+        "--explore", default=None, help="explore phase: steps, fraction or epochs; wins over --explore_ratio"
+    )
     parser.add_argument("--explore_ratio", type=float, default=0.5, help="explore phase as a fraction of the budget")
     parser.add_argument("--min_lr_ratio", type=float, default=0.0, help="final LR as a fraction of the seed LR")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument("--output_dir", default=None, help="where checkpoints and the LR log go")
     parser.add_argument("--checkpointing_steps", default=None, help='save state every N updates, or "epoch"')
-    parser.add_argument("--resume_from_checkpoint", default=None, help="a step_N / epoch_N folder written by this script")
+    parser.add_argument(
+        "--resume_from_checkpoint", default=None, help="a step_N / epoch_N folder written by this script"
+    )
     parser.add_argument("--lr_log", default=None, help="write the LR of every optimizer update to this JSON-lines file")
     args = parser.parse_args(argv)
-    if args.checkpointing_steps is not None and args.checkpointing_steps != "epoch" and not args.checkpointing_steps.isdigit():
+    if (
+        args.checkpointing_steps is not None
+        and args.checkpointing_steps != "epoch"
+        and not args.checkpointing_steps.isdigit()
+    ):
         parser.error(f'--checkpointing_steps must be a number of updates or "epoch", got {args.checkpointing_steps!r}')
     if args.checkpointing_steps is not None and args.output_dir is None:
         parser.error("--checkpointing_steps needs --output_dir")
@@ -81,7 +108,9 @@ def main(argv=None):
     args = parse_args(argv)
 
     # Accelerator: step the scheduler ourselves, once per optimizer update (see the module docstring).
-    accelerator = Accelerator(gradient_accumulation_steps=args.gradient_accumulation_steps, step_scheduler_with_optimizer=False)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps, step_scheduler_with_optimizer=False
+    )
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     logger.info(accelerator.state, main_process_only=False)
     set_seed(args.seed)
@@ -92,14 +121,20 @@ def main(argv=None):
     examples, num_labels = load_examples(args)
     train_dataset = VerseClassification(examples, tokenizer, args.max_length)
     train_dataloader = DataLoader(
-        train_dataset, shuffle=True, batch_size=args.per_device_train_batch_size, collate_fn=DataCollatorWithPadding(tokenizer)
+        train_dataset,
+        shuffle=True,
+        batch_size=args.per_device_train_batch_size,
+        collate_fn=DataCollatorWithPadding(tokenizer),
     )
     model = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=num_labels)
 
     # Optimizer: no weight decay on biases and LayerNorm weights
     no_decay = ("bias", "LayerNorm.weight")
     parameter_groups = [
-        {"params": [p for n, p in model.named_parameters() if not any(nd in n for nd in no_decay)], "weight_decay": args.weight_decay},
+        {
+            "params": [p for n, p in model.named_parameters() if not any(nd in n for nd in no_decay)],
+            "weight_decay": args.weight_decay,
+        },
         {"params": [p for n, p in model.named_parameters() if any(nd in n for nd in no_decay)], "weight_decay": 0.0},
     ]
     optimizer = torch.optim.AdamW(parameter_groups, lr=args.learning_rate)
@@ -115,7 +150,10 @@ def main(argv=None):
     lr_scheduler = get_knee_schedule_with_warmup(
         optimizer,
         num_warmup_steps=resolve_steps(
-            args.num_warmup_steps, name="--num_warmup_steps", total_steps=args.max_train_steps, steps_per_epoch=num_update_steps_per_epoch
+            args.num_warmup_steps,
+            name="--num_warmup_steps",
+            total_steps=args.max_train_steps,
+            steps_per_epoch=num_update_steps_per_epoch,
         ),
         num_training_steps=args.max_train_steps,
         num_explore_steps=resolve_steps(
@@ -146,7 +184,9 @@ def main(argv=None):
         f"{lr_scheduler.scheduler.lr_lambdas[0].keywords}"
     )
     lr_log = open(args.lr_log, "a", encoding="utf-8") if args.lr_log and accelerator.is_main_process else None
-    progress_bar = tqdm(range(args.max_train_steps), initial=completed_steps, disable=not accelerator.is_local_main_process)
+    progress_bar = tqdm(
+        range(args.max_train_steps), initial=completed_steps, disable=not accelerator.is_local_main_process
+    )
     for epoch in range(starting_epoch, args.num_train_epochs):
         model.train()
         dataloader = train_dataloader
@@ -167,9 +207,18 @@ def main(argv=None):
             progress_bar.update(1)
             progress_bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{learning_rate:.3g}")
             if lr_log:
-                lr_log.write(json.dumps({"step": completed_steps, "lr": learning_rate, "num_processes": accelerator.num_processes}) + "\n")
+                lr_log.write(
+                    json.dumps(
+                        {"step": completed_steps, "lr": learning_rate, "num_processes": accelerator.num_processes}
+                    )
+                    + "\n"
+                )
                 lr_log.flush()
-            if args.checkpointing_steps and args.checkpointing_steps.isdigit() and completed_steps % int(args.checkpointing_steps) == 0:
+            if (
+                args.checkpointing_steps
+                and args.checkpointing_steps.isdigit()
+                and completed_steps % int(args.checkpointing_steps) == 0
+            ):
                 accelerator.save_state(os.path.join(args.output_dir, f"step_{completed_steps}"))
             if completed_steps >= args.max_train_steps:
                 break

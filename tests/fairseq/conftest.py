@@ -5,9 +5,8 @@ fairseq must be importable here: these tests fail (never skip) without it, since
 
 from pathlib import Path
 
-import pytest
-
 import fairseq  # noqa: F401  (a missing fairseq is an error, not a skip)
+import pytest
 from knee_fairseq_helpers import TINY_MODEL, run_cli, write_corpus
 
 
@@ -47,4 +46,3 @@ def knee_plugins_dir() -> Path:
     import knee_plugins
 
     return Path(knee_plugins.__file__).parent
-

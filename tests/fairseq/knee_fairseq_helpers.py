@@ -9,10 +9,9 @@ import sys
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
-
 from fairseq.optim import build_optimizer
 from fairseq.optim.lr_scheduler import LR_SCHEDULER_DATACLASS_REGISTRY, build_lr_scheduler
+from omegaconf import OmegaConf
 
 BIN = Path(sys.executable).parent
 
@@ -106,9 +105,7 @@ def make(scheduler: str, optimizer: str = "radam", lr: float = LR, max_update: i
     globals_ = {"lr": lrs, "max_update": max_update, "max_epoch": max_epoch,
                 "update_freq": list(update_freq), "skip_remainder_batch": False}  # fmt: skip
     fields = LR_SCHEDULER_DATACLASS_REGISTRY[scheduler].__dataclass_fields__
-    opt = build_optimizer(
-        OmegaConf.create({"_name": optimizer, "lr": lrs[:1]}), [torch.nn.Parameter(torch.zeros(2))]
-    )
+    opt = build_optimizer(OmegaConf.create({"_name": optimizer, "lr": lrs[:1]}), [torch.nn.Parameter(torch.zeros(2))])
     globals_ = {k: v for k, v in globals_.items() if k in fields}
     cfg = OmegaConf.create({"_name": scheduler, **globals_, **options})
     return build_lr_scheduler(cfg, opt), opt

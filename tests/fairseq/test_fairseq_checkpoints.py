@@ -7,8 +7,6 @@ import subprocess
 
 import pytest
 import torch
-
-from knee_plugins.schedule import knee_factor
 from knee_fairseq_helpers import (
     BIN,
     PEAK_LR,
@@ -18,6 +16,8 @@ from knee_fairseq_helpers import (
     logged_lrs,
     run_cli,
 )
+
+from knee_plugins.schedule import knee_factor
 
 KILL_AFTER = 17
 SAVE_EVERY = 5
@@ -30,9 +30,7 @@ KNEE = ("--lr-scheduler", "knee", "--max-epoch", str(EPOCHS), "--explore-epochs"
 
 def expected(step: int) -> float:
     explore = EXPLORE_EPOCHS * PER_EPOCH - WARMUP
-    return as_logged(
-        PEAK_LR * knee_factor(step, total_steps=TOTAL, warmup_steps=WARMUP, explore_steps=explore)
-    )
+    return as_logged(PEAK_LR * knee_factor(step, total_steps=TOTAL, warmup_steps=WARMUP, explore_steps=explore))
 
 
 @pytest.fixture(scope="module")
@@ -73,8 +71,19 @@ def test_lr_continues_exactly_after_sigkill(killed_and_resumed):
 @pytest.mark.slow
 def test_generate_loads_checkpoint_with_weights_only(killed_and_resumed, data_bin):
     _, _, save_dir = killed_and_resumed
-    out = run_cli("fairseq-generate", data_bin, "--path", save_dir / "checkpoint_last.pt",
-                  "--gen-subset", "test", "--beam", "2", "--max-tokens", "500", "--cpu").stdout
+    out = run_cli(
+        "fairseq-generate",
+        data_bin,
+        "--path",
+        save_dir / "checkpoint_last.pt",
+        "--gen-subset",
+        "test",
+        "--beam",
+        "2",
+        "--max-tokens",
+        "500",
+        "--cpu",
+    ).stdout
     assert "Generate test with beam=2" in out, out[-2000:]
 
 

@@ -6,8 +6,8 @@ import textwrap
 import threading
 
 from fairseq.data import iterators
-
 from knee_fairseq_helpers import clean_env
+
 from knee_plugins.fairseq_plugin.clean_exit import stop_background_consumers
 
 # Stops after the first batch while the consumer thread is busy in torch operators, as

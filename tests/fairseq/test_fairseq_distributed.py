@@ -3,9 +3,9 @@
 import socket
 
 import pytest
+from knee_fairseq_helpers import PEAK_LR, TINY_MODEL, as_logged, logged_lrs, run_cli
 
 from knee_plugins.schedule import knee_factor
-from knee_fairseq_helpers import PEAK_LR, TINY_MODEL, as_logged, logged_lrs, run_cli
 
 KNEE = ("--lr-scheduler", "knee", "--max-update", "12", "--warmup-updates", "2")
 

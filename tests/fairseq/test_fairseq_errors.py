@@ -8,11 +8,9 @@ errors stop fairseq-train before its first update.
 
 import pytest
 import torch
-from omegaconf import OmegaConf
-
 from fairseq.optim import build_optimizer
-
 from knee_fairseq_helpers import LR, make
+from omegaconf import OmegaConf
 
 ERRORS = [
     # scheduler, options, batches per epoch reported, fragments of the message

@@ -3,10 +3,9 @@
 import re
 
 import pytest
+from knee_fairseq_helpers import PEAK_LR, as_logged, logged_lrs, run_cli, train_records, updates_in_epoch
 
 from knee_plugins.schedule import knee_factor
-
-from knee_fairseq_helpers import PEAK_LR, as_logged, logged_lrs, run_cli, train_records, updates_in_epoch
 
 
 def expected_lr(step, *, total, warmup, explore):

@@ -7,15 +7,14 @@ import warnings
 
 import pytest
 import torch.serialization
-
 from fairseq import options
 from fairseq.data import iterators
 from fairseq.distributed import utils as distributed_utils
 from fairseq.trainer import Trainer
+from knee_fairseq_helpers import LR, clean_env, make, run_cli, trace, train_records
+
 from knee_plugins.fairseq_plugin import patches
 from knee_plugins.schedule import knee_factor
-
-from knee_fairseq_helpers import LR, clean_env, make, run_cli, train_records, trace
 
 NAMES = ["epoch_budget", "clean_exit", "cpu_torchrun", "cli_help", "checkpoint_globals"]
 
@@ -68,7 +67,7 @@ def test_on_the_fairseq_they_were_written_for_every_patch_applies(unpatched):
     status, warned = unpatched.install()
     assert status == dict.fromkeys(NAMES, "applied") and warned == []
     after = unpatched.targets()
-    assert all(new is not old and new.__wrapped__ is old for old, new in zip(before, after))
+    assert all(new is not old and new.__wrapped__ is old for old, new in zip(before, after, strict=False))
     assert len(unpatched.atexit_calls) == 1 and unpatched.safe_globals
 
 
@@ -81,7 +80,7 @@ def test_another_fairseq_version_skips_every_patch_warning_once(unpatched, monke
     assert unpatched.targets() == before
     assert unpatched.atexit_calls == [] and unpatched.safe_globals == []
     assert len(warned) == len(NAMES)
-    for name, message in zip(NAMES, warned):
+    for name, message in zip(NAMES, warned, strict=False):
         assert f"patch '{name}'" in message and "0.13.0" in message and ">=0.12,<0.13" in message
         assert f"KNEE_PLUGINS_DISABLE_PATCHES={name}" in message
         assert status[name].startswith("skipped") and not patches.applied(name)

@@ -5,9 +5,9 @@ import subprocess
 import sys
 
 import pytest
+from knee_fairseq_helpers import as_logged, clean_env, logged_lrs, run_cli, updates_in_epoch
 
 from knee_plugins.schedule import knee_factor
-from knee_fairseq_helpers import as_logged, clean_env, logged_lrs, run_cli, updates_in_epoch
 
 NO_HOOK = {"KNEE_PLUGINS_NO_AUTOREGISTER": "1"}
 

@@ -4,12 +4,12 @@ import math
 
 import pytest
 import torch
+from fairseq.optim import build_optimizer
+from knee_fairseq_helpers import LR, make, trace
 from omegaconf import OmegaConf
 
-from fairseq.optim import build_optimizer
 from knee_plugins.schedule import knee_factor
 
-from knee_fairseq_helpers import LR, make, trace
 
 def test_knee_equals_the_core_exactly():
     sched, _ = make("knee", max_update=20, warmup_updates=3, explore_updates=7)

@@ -8,7 +8,6 @@ import math
 
 import pytest
 import torch
-
 from fairseq import options
 from fairseq.data import Dictionary
 from fairseq.sequence_generator import SequenceGenerator
@@ -18,11 +17,39 @@ import knee_plugins.fairseq_plugin  # noqa: F401  (registers transformer_mb)
 from knee_plugins.fairseq_plugin import mat_init
 from knee_plugins.fairseq_plugin.models.transformer_mb import MultiBranchAttention
 
-TINY = ["--encoder-layers", "2", "--decoder-layers", "2", "--encoder-embed-dim", "16", "--decoder-embed-dim", "16",
-        "--encoder-ffn-embed-dim", "32", "--decoder-ffn-embed-dim", "32", "--encoder-attention-heads", "2",
-        "--decoder-attention-heads", "2", "--share-all-embeddings", "--dropout", "0"]
-ONE_BRANCH = ["--encoder-branches", "1", "--decoder-branches", "1", "--encoder-pffn-branches", "1",
-              "--decoder-pffn-branches", "1", "--branch-dropout", "0"]
+TINY = [
+    "--encoder-layers",
+    "2",
+    "--decoder-layers",
+    "2",
+    "--encoder-embed-dim",
+    "16",
+    "--decoder-embed-dim",
+    "16",
+    "--encoder-ffn-embed-dim",
+    "32",
+    "--decoder-ffn-embed-dim",
+    "32",
+    "--encoder-attention-heads",
+    "2",
+    "--decoder-attention-heads",
+    "2",
+    "--share-all-embeddings",
+    "--dropout",
+    "0",
+]
+ONE_BRANCH = [
+    "--encoder-branches",
+    "1",
+    "--decoder-branches",
+    "1",
+    "--encoder-pffn-branches",
+    "1",
+    "--decoder-pffn-branches",
+    "1",
+    "--branch-dropout",
+    "0",
+]
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +62,9 @@ def dictionary() -> Dictionary:
 
 def build(dictionary: Dictionary, *args: str):
     parser = options.get_training_parser()
-    parsed = options.parse_args_and_arch(parser, ["DATA", "--task", "translation", "-s", "de", "-t", "en",
-                                                  *TINY, *args])
+    parsed = options.parse_args_and_arch(
+        parser, ["DATA", "--task", "translation", "-s", "de", "-t", "en", *TINY, *args]
+    )
     return TranslationTask(parsed, dictionary, dictionary).build_model(parsed)
 
 
@@ -83,8 +111,22 @@ def test_one_branch_equals_transformer(dictionary, join):
 @pytest.mark.parametrize("join", ["--join-pffn", "--no-join-pffn"])
 def test_several_branches_forward_backward(dictionary, join):
     torch.manual_seed(0)
-    model = build(dictionary, "--arch", "transformer_mb", "--encoder-branches", "3", "--decoder-branches", "2",
-                  "--encoder-pffn-branches", "2", "--decoder-pffn-branches", "3", "--branch-dropout", "0.3", join)
+    model = build(
+        dictionary,
+        "--arch",
+        "transformer_mb",
+        "--encoder-branches",
+        "3",
+        "--decoder-branches",
+        "2",
+        "--encoder-pffn-branches",
+        "2",
+        "--decoder-pffn-branches",
+        "3",
+        "--branch-dropout",
+        "0.3",
+        join,
+    )
     layer = model.decoder.layers[0]
     assert len(model.encoder.layers[0].self_attn.branches) == 3
     assert len(layer.self_attn.branches) == 2 and len(layer.encoder_attn.branches) == 2
@@ -100,8 +142,17 @@ def test_several_branches_forward_backward(dictionary, join):
 
 def test_drop_branch_only_in_training(dictionary):
     torch.manual_seed(0)
-    model = build(dictionary, "--arch", "transformer_mb", "--encoder-branches", "3", "--decoder-branches", "3",
-                  "--branch-dropout", "0.5")
+    model = build(
+        dictionary,
+        "--arch",
+        "transformer_mb",
+        "--encoder-branches",
+        "3",
+        "--decoder-branches",
+        "3",
+        "--branch-dropout",
+        "0.5",
+    )
     src, lengths, prev = batch(dictionary)
     model.eval()
     assert torch.equal(logits(model, src, lengths, prev), logits(model, src, lengths, prev))
@@ -115,6 +166,7 @@ def test_drop_branch_draws_one_mask_per_call_and_keeps_the_expectation():
     with the released code's extra 1/N, or an average over the kept branches only, fails here."""
     torch.manual_seed(0)
     n, rho, calls = 3, 0.4, 2000
+
     class Branch(torch.nn.Module):
         """A cheap stand-in with MultiheadAttention's call signature (the merge is under test)."""
 
@@ -148,7 +200,7 @@ def test_drop_branch_draws_one_mask_per_call_and_keeps_the_expectation():
             total += out
     sd = math.sqrt(rho * (1 - rho) / calls)
     assert ((kept / calls - (1 - rho)).abs() < 5 * sd).all(), kept / calls
-    expected_all_dropped = rho ** n * calls
+    expected_all_dropped = rho**n * calls
     assert abs(all_dropped - expected_all_dropped) < 5 * math.sqrt(expected_all_dropped)
     # mean of the outputs vs the eval average: each weight's mean has sd ≈ sd / (N (1 − ρ))
     tolerance = 5 * sd / (1 - rho) * outputs.abs().sum(0) / n
@@ -157,17 +209,32 @@ def test_drop_branch_draws_one_mask_per_call_and_keeps_the_expectation():
 
 def test_incremental_decoding_equals_full_decoding(dictionary):
     torch.manual_seed(0)
-    model = build(dictionary, "--arch", "transformer_mb", "--encoder-branches", "3", "--decoder-branches", "3",
-                  "--encoder-pffn-branches", "2", "--decoder-pffn-branches", "2", "--join-pffn",
-                  "--branch-dropout", "0.3")
+    model = build(
+        dictionary,
+        "--arch",
+        "transformer_mb",
+        "--encoder-branches",
+        "3",
+        "--decoder-branches",
+        "3",
+        "--encoder-pffn-branches",
+        "2",
+        "--decoder-pffn-branches",
+        "2",
+        "--join-pffn",
+        "--branch-dropout",
+        "0.3",
+    )
     model.eval()
     src, lengths, prev = batch(dictionary, tgt_len=6)
     with torch.no_grad():
         encoder_out = model.encoder(src, src_lengths=lengths)
         full = model.decoder(prev, encoder_out=encoder_out)[0]
         state: dict = {}
-        steps = [model.decoder(prev[:, : t + 1], encoder_out=encoder_out, incremental_state=state)[0]
-                 for t in range(prev.size(1))]
+        steps = [
+            model.decoder(prev[:, : t + 1], encoder_out=encoder_out, incremental_state=state)[0]
+            for t in range(prev.size(1))
+        ]
     assert torch.allclose(torch.cat(steps, dim=1), full, atol=1e-5)
     buffers = [key for key in state if key.endswith("attn_state")]
     branches = sum(len(layer.self_attn.branches) + len(layer.encoder_attn.branches) for layer in model.decoder.layers)
@@ -178,8 +245,17 @@ def test_beam_search_scores_match_teacher_forcing(dictionary):
     """Beam search reorders every branch's cache: each hypothesis' positional scores must equal
     a full (non-incremental) forward pass over it."""
     torch.manual_seed(1)
-    model = build(dictionary, "--arch", "transformer_mb", "--encoder-branches", "2", "--decoder-branches", "3",
-                  "--branch-dropout", "0.3")
+    model = build(
+        dictionary,
+        "--arch",
+        "transformer_mb",
+        "--encoder-branches",
+        "2",
+        "--decoder-branches",
+        "3",
+        "--branch-dropout",
+        "0.3",
+    )
     model.eval()
     src, lengths, _ = batch(dictionary, seed=3, bsz=2)
     generator = SequenceGenerator([model], dictionary, beam_size=4, max_len_b=6, min_len=3)
@@ -190,7 +266,8 @@ def test_beam_search_scores_match_teacher_forcing(dictionary):
                 tokens = hypothesis["tokens"]
                 prev = torch.cat([tokens.new_tensor([dictionary.eos()]), tokens[:-1]])[None]
                 lprobs = model.get_normalized_probs(
-                    model(src[index: index + 1], lengths[index: index + 1], prev), log_probs=True)[0]
+                    model(src[index : index + 1], lengths[index : index + 1], prev), log_probs=True
+                )[0]
                 expected = lprobs.gather(-1, tokens[:, None]).squeeze(-1)
                 assert torch.allclose(hypothesis["positional_scores"], expected, atol=1e-4)
 
@@ -199,9 +276,22 @@ def test_beam_search_scores_match_teacher_forcing(dictionary):
 def test_proximal_init_keeps_the_outputs(dictionary, source_arch):
     torch.manual_seed(0)
     phase1 = build(dictionary, "--arch", source_arch, *(ONE_BRANCH if source_arch == "transformer_mb" else []))
-    phase2 = build(dictionary, "--arch", "transformer_mb", "--encoder-branches", "3", "--decoder-branches", "3",
-                   "--encoder-pffn-branches", "2", "--decoder-pffn-branches", "2", "--join-pffn",
-                   "--branch-dropout", "0")
+    phase2 = build(
+        dictionary,
+        "--arch",
+        "transformer_mb",
+        "--encoder-branches",
+        "3",
+        "--decoder-branches",
+        "3",
+        "--encoder-pffn-branches",
+        "2",
+        "--decoder-pffn-branches",
+        "2",
+        "--join-pffn",
+        "--branch-dropout",
+        "0",
+    )
     phase2.load_state_dict(mat_init.branch_state_dict(phase1.state_dict(), sides(3), sides(2)))
     src, lengths, prev = batch(dictionary)
     for training in (False, True):
@@ -215,10 +305,20 @@ def test_bad_branch_options_name_the_option(dictionary):
         build(dictionary, "--arch", "transformer_mb", "--encoder-branches", "0")
     with pytest.raises(SystemExit):
         build(dictionary, "--arch", "transformer_mb", "--branch-dropout", "1")
-    model = build(dictionary, "--arch", "transformer_mb", "--encoder-branches", "2", "--decoder-branches", "2",
-                  "--branch-dropout", "0")
+    model = build(
+        dictionary,
+        "--arch",
+        "transformer_mb",
+        "--encoder-branches",
+        "2",
+        "--decoder-branches",
+        "2",
+        "--branch-dropout",
+        "0",
+    )
     with pytest.raises(ValueError, match="several branches"):
         mat_init.branch_state_dict(model.state_dict(), sides(3), sides(1))
     with pytest.raises(ValueError, match="--encoder-branches"):
-        mat_init.proximal_init({"model": {}, "cfg": {"model": {"arch": "transformer_mb"}}},
-                               encoder_branches=0, decoder_branches=2)
+        mat_init.proximal_init(
+            {"model": {}, "cfg": {"model": {"arch": "transformer_mb"}}}, encoder_branches=0, decoder_branches=2
+        )

@@ -9,7 +9,6 @@ import subprocess
 
 import pytest
 import torch
-
 from fairseq import checkpoint_utils, options
 from knee_fairseq_helpers import clean_env, logged_lrs
 
@@ -58,7 +57,7 @@ def test_dry_run_carries_the_paper_values(capsys, task, world_size):
     arch, epochs, explore, branches, rho, beam, lenpen, tokens = PAPER[task]
     groups = dry_run(capsys, "--task", task, "--world-size", str(world_size))
     assert len(groups) == 2
-    for group, schedule in zip(groups, ("knee", "inverse_sqrt")):
+    for group, schedule in zip(groups, ("knee", "inverse_sqrt"), strict=False):
         phase1, init, phase2, generate1, generate2 = group
         for phase, command in ((1, phase1), (2, phase2)):
             args = fairseq_args(command)
@@ -77,8 +76,12 @@ def test_dry_run_carries_the_paper_values(capsys, task, world_size):
             assert (args.decoder_branches, args.pffn_branch_dropout) == expected
             assert args.encoder_pffn_branches == 1 and args.join_pffn
         phase1_dir = options_of(phase1)["--save-dir"][0]
-        assert init[-4:] == [f"{phase1_dir}/checkpoint_best.pt", options_of(phase2)["--finetune-from-model"][0],
-                             "--branches", str(branches)]
+        assert init[-4:] == [
+            f"{phase1_dir}/checkpoint_best.pt",
+            options_of(phase2)["--finetune-from-model"][0],
+            "--branches",
+            str(branches),
+        ]
         assert "--finetune-from-model" not in options_of(phase1)
         for command, phase_dir in ((generate1, phase1_dir), (generate2, options_of(phase2)["--save-dir"][0])):
             generate = options_of(command)
@@ -94,8 +97,12 @@ def test_demo_dry_run_explores_half_of_each_phase(capsys):
 
 
 def test_bad_arguments_fail_before_anything_runs(capsys):
-    for argv in (["--task", "iwslt14", "--max-updates", "10"], ["--seeds", "0"], ["--schedule", "linear"],
-                 ["--world-size", "0"]):
+    for argv in (
+        ["--task", "iwslt14", "--max-updates", "10"],
+        ["--seeds", "0"],
+        ["--schedule", "linear"],
+        ["--world-size", "0"],
+    ):
         with pytest.raises(SystemExit):
             mat.main(["--dry-run", *argv])
     with pytest.raises(SystemExit):
@@ -109,12 +116,42 @@ def test_two_phases_init_and_generate(data_bin, tmp_path):
     ``--lr-scheduler knee`` over 2 epochs each, knee-mat-init in between, then fairseq-generate
     on the phase-2 best checkpoint with torch's default weights_only loading."""
     task = translation.TaskRecipe(
-        "tiny", prepare.DEMO_SPEC, arch="transformer_mb", dropout=0.1, tokens_per_update=300, max_tokens_per_gpu=300,
-        budget={"full": 2}, explore={"full": 1}, lr=1e-3, betas=(0.9, 0.98), clip_norm=0.0, weight_decay=0.0,
-        model_args=("--encoder-layers", "1", "--decoder-layers", "1", "--encoder-embed-dim", "16",
-                    "--decoder-embed-dim", "16", "--encoder-ffn-embed-dim", "32", "--decoder-ffn-embed-dim", "32",
-                    "--encoder-attention-heads", "2", "--decoder-attention-heads", "2", "--encoder-pffn-branches",
-                    "1", "--decoder-pffn-branches", "1", "--join-pffn", "--share-all-embeddings"),
+        "tiny",
+        prepare.DEMO_SPEC,
+        arch="transformer_mb",
+        dropout=0.1,
+        tokens_per_update=300,
+        max_tokens_per_gpu=300,
+        budget={"full": 2},
+        explore={"full": 1},
+        lr=1e-3,
+        betas=(0.9, 0.98),
+        clip_norm=0.0,
+        weight_decay=0.0,
+        model_args=(
+            "--encoder-layers",
+            "1",
+            "--decoder-layers",
+            "1",
+            "--encoder-embed-dim",
+            "16",
+            "--decoder-embed-dim",
+            "16",
+            "--encoder-ffn-embed-dim",
+            "32",
+            "--decoder-ffn-embed-dim",
+            "32",
+            "--encoder-attention-heads",
+            "2",
+            "--decoder-attention-heads",
+            "2",
+            "--encoder-pffn-branches",
+            "1",
+            "--decoder-pffn-branches",
+            "1",
+            "--join-pffn",
+            "--share-all-embeddings",
+        ),
         extra_args=("--no-epoch-checkpoints", "--num-workers", "0", "--log-interval", "1"),
         generate_args=("--lenpen", "1.2", "--max-len-b", "12"),
     )
@@ -123,8 +160,9 @@ def test_two_phases_init_and_generate(data_bin, tmp_path):
 
     def train(phase: int) -> str:
         command = mat.train_command(run, phase)
-        proc = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              env=clean_env(), timeout=300)
+        proc = subprocess.run(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=clean_env(), timeout=300
+        )
         assert proc.returncode == 0, proc.stdout[-3000:]
         return proc.stdout
 
@@ -158,8 +196,9 @@ def test_two_phases_init_and_generate(data_bin, tmp_path):
     assert torch.allclose(out1, out2, atol=1e-5), (out1 - out2).abs().max()
 
     command = translation.generate_command(run.translation_run(2), run.phase_dir(2) / "checkpoint_best.pt")
-    generate = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              env=clean_env(), timeout=300)
+    generate = subprocess.run(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=clean_env(), timeout=300
+    )
     assert generate.returncode == 0, generate.stdout[-3000:]
     hypotheses = [line for line in generate.stdout.splitlines() if line.startswith("H-")]
     assert len(hypotheses) == 20
@@ -173,13 +212,31 @@ def test_demo_runs_both_phases_for_both_schedules(tmp_path, capsys, monkeypatch)
     monkeypatch.delenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", raising=False)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     updates, heldout = 8, 16
-    argv = ["--task", "demo", "--max-updates", str(updates), "--train-pairs", "200", "--heldout-pairs", str(heldout),
-            "--bpe-symbols", "200", "--work-dir", str(tmp_path), "--cpu",
-            "--fairseq-args", "--log-interval 1 --save-interval-updates 4"]
+    argv = [
+        "--task",
+        "demo",
+        "--max-updates",
+        str(updates),
+        "--train-pairs",
+        "200",
+        "--heldout-pairs",
+        str(heldout),
+        "--bpe-symbols",
+        "200",
+        "--work-dir",
+        str(tmp_path),
+        "--cpu",
+        "--fairseq-args",
+        "--log-interval 1 --save-interval-updates 4",
+    ]
     assert mat.main(argv) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")][2:]
     assert [row.split("|")[1].strip() for row in rows] == [
-        "knee phase 1", "knee phase 2", "inverse_sqrt phase 1", "inverse_sqrt phase 2"]
+        "knee phase 1",
+        "knee phase 2",
+        "inverse_sqrt phase 1",
+        "inverse_sqrt phase 2",
+    ]
     results = {(r.label, r.seed): r for r in mat.read_results(tmp_path)}
     for schedule in mat.SCHEDULES:
         phase1, phase2 = results[(f"{schedule} phase 1", 1)], results[(f"{schedule} phase 2", 1)]
@@ -189,8 +246,11 @@ def test_demo_runs_both_phases_for_both_schedules(tmp_path, capsys, monkeypatch)
             assert result.bleu_tokenized is not None and result.bleu_detokenized is not None
         run_dir = tmp_path / "checkpoints" / f"{schedule}-seed1"
         for phase in (1, 2):
-            hypotheses = [line for line in (run_dir / f"phase{phase}" / "generate-test.txt").read_text().splitlines()
-                          if line.startswith("H-")]
+            hypotheses = [
+                line
+                for line in (run_dir / f"phase{phase}" / "generate-test.txt").read_text().splitlines()
+                if line.startswith("H-")
+            ]
             assert len(hypotheses) == heldout
     knee_lrs = dict(results[("knee phase 1", 1)].lr_curve)
     assert knee_lrs[updates] == 0 and knee_lrs[updates // 2] == pytest.approx(mat.TASKS["demo"].task.lr, rel=1e-4)

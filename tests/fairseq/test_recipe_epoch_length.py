@@ -3,10 +3,10 @@ scheduler uses (one function, ``knee_plugins.schedule.updates_per_epoch``), so a
 different budget than Knee: checked against real one-epoch ``fairseq-train`` runs."""
 
 import pytest
-
 from knee_fairseq_helpers import logged_lrs, run_cli, updates_in_epoch
-from knee_plugins.recipes import translation
+
 from knee_plugins.fairseq_plugin.epoch_budget import fairseq_updates_per_epoch
+from knee_plugins.recipes import translation
 from knee_plugins.schedule import updates_per_epoch
 
 pytestmark = pytest.mark.slow
@@ -29,8 +29,17 @@ def test_recipe_epoch_length_equals_the_updates_of_a_real_epoch(data_bin, tmp_pa
 
 
 def test_knee_epoch_budget_ends_with_the_real_epoch_when_the_remainder_is_skipped(train):
-    output = train("--lr-scheduler", "knee", "--max-epoch", "2", "--explore-epochs", "1", "--update-freq", "3",
-                   "--skip-remainder-batch").stdout
+    output = train(
+        "--lr-scheduler",
+        "knee",
+        "--max-epoch",
+        "2",
+        "--explore-epochs",
+        "1",
+        "--update-freq",
+        "3",
+        "--skip-remainder-batch",
+    ).stdout
     lrs = logged_lrs(output)
     per_epoch = updates_in_epoch(output)
     assert max(lrs) == 2 * per_epoch

@@ -14,7 +14,6 @@ from knee_plugins.recipes import corpus, embedded_corpus
 from knee_plugins.recipes.embedded_corpus import CORPUS_DIR
 
 
-
 @pytest.fixture(scope="module")
 def committed_splits() -> dict[str, list[embedded_corpus.Pair]]:
     return {name: embedded_corpus.read_split(CORPUS_DIR, name) for name in embedded_corpus.SPLITS}
@@ -75,8 +74,13 @@ def test_clean_text_removes_mnemonics_and_spacing():
 
 def test_split_keeps_pairs_sharing_a_sentence_together():
     pairs = [embedded_corpus.Pair(f"Satz Nummer {i} ist hier", f"Sentence number {i} is here") for i in range(3000)]
-    pairs += [embedded_corpus.Pair(f"Satz Nummer {i} ist hier.", f"Another sentence {i} right here") for i in range(0, 3000, 7)]
-    pairs += [embedded_corpus.Pair(f"Ganz anderer Satz {i} hier", f"sentence number {i} is here!") for i in range(0, 3000, 5)]
+    pairs += [
+        embedded_corpus.Pair(f"Satz Nummer {i} ist hier.", f"Another sentence {i} right here")
+        for i in range(0, 3000, 7)
+    ]
+    pairs += [
+        embedded_corpus.Pair(f"Ganz anderer Satz {i} hier", f"sentence number {i} is here!") for i in range(0, 3000, 5)
+    ]
     splits = corpus.split_pairs(pairs)
     assert sum(len(s) for s in splits.values()) == len(pairs)
     assert all(len(splits[name]) > 0 for name in embedded_corpus.SPLITS)
@@ -90,7 +94,10 @@ def test_split_keeps_pairs_sharing_a_sentence_together():
 
 def test_large_groups_go_to_train():
     shared = "Dieser Satz wird oft verwendet"
-    pairs = [embedded_corpus.Pair(shared, f"This sentence is used often {i}") for i in range(corpus.LARGEST_HELD_OUT_GROUP + 1)]
+    pairs = [
+        embedded_corpus.Pair(shared, f"This sentence is used often {i}")
+        for i in range(corpus.LARGEST_HELD_OUT_GROUP + 1)
+    ]
     assert len(corpus.split_pairs(pairs)["train"]) == len(pairs)
 
 
@@ -108,23 +115,30 @@ def _po_catalog(entries: list[tuple[str, str]], comment_defaults: bool = False) 
 def _sample_wheel(tmp_path: Path) -> Path:
     words = ["Datei", "Ordner", "Bild", "Konto", "Nachricht", "Seite", "Liste", "Ebene"]
     english = ["file", "folder", "image", "account", "message", "page", "list", "layer"]
-    entries = [(f"Open the {e} number {i} now", f"{d} Nummer {i} jetzt öffnen")
-               for i in range(300) for d, e in zip(words[i % 8:i % 8 + 1], english[i % 8:i % 8 + 1])]
+    entries = [
+        (f"Open the {e} number {i} now", f"{d} Nummer {i} jetzt öffnen")
+        for i in range(300)
+        for d, e in zip(words[i % 8 : i % 8 + 1], english[i % 8 : i % 8 + 1], strict=False)
+    ]
     entries += [("Open the file", "Datei öffnen"), ("%s: %d", "%s: %d"), ("Open the file number 0 now", "")]
-    fuzzy = polib.POEntry(msgid="A fuzzy entry is ignored here", msgstr="Unsicherer Eintrag wird ignoriert",
-                          flags=["fuzzy"])
+    fuzzy = polib.POEntry(
+        msgid="A fuzzy entry is ignored here", msgstr="Unsicherer Eintrag wird ignoriert", flags=["fuzzy"]
+    )
     main = _po_catalog(entries)
     main.append(fuzzy)
-    plone = _po_catalog([("Show the portlet title here", "Den Titel des Portlets hier anzeigen")],
-                        comment_defaults=True)
+    plone = _po_catalog(
+        [("Show the portlet title here", "Den Titel des Portlets hier anzeigen")], comment_defaults=True
+    )
     wheel = tmp_path / "sample-1.0-py3-none-any.whl"
     with zipfile.ZipFile(wheel, "w") as archive:
         archive.writestr("sample/locale/de/LC_MESSAGES/django.po", str(main))
         archive.writestr("sample/locale/de/LC_MESSAGES/django.mo", main.to_binary())
         archive.writestr("sample/locale/fr/LC_MESSAGES/django.po", str(_po_catalog([("Open it now", "Ouvrir")])))
         archive.writestr("sample/locale/de/LC_MESSAGES/plone.po", str(plone))
-        archive.writestr("sample/other/de/LC_MESSAGES/compiled.mo",
-                         _po_catalog([("Close all the windows", "Alle Fenster schließen")]).to_binary())
+        archive.writestr(
+            "sample/other/de/LC_MESSAGES/compiled.mo",
+            _po_catalog([("Close all the windows", "Alle Fenster schließen")]).to_binary(),
+        )
     return wheel
 
 
@@ -138,8 +152,12 @@ def test_build_on_a_sample_is_deterministic_and_filters(tmp_path):
         corpus.write_attribution(stats, [source], out_dir)
         outputs.append({p.name: p.read_bytes() for p in sorted(out_dir.iterdir())})
     assert outputs[0] == outputs[1]
-    assert set(outputs[0]) == {f"{s}.{l}.gz" for s in embedded_corpus.SPLITS for l in embedded_corpus.LANGUAGES} | {
-        "counts.json", "ATTRIBUTION.md"}
+    assert set(outputs[0]) == {
+        f"{s}.{lang}.gz" for s in embedded_corpus.SPLITS for lang in embedded_corpus.LANGUAGES
+    } | {
+        "counts.json",
+        "ATTRIBUTION.md",
+    }
     pairs = [pair for name in embedded_corpus.SPLITS for pair in embedded_corpus.read_split(tmp_path / "first", name)]
     english = {pair.en for pair in pairs}
     # 300 numbered entries, the Plone default and the .mo-only catalog; .mo twin, French,

@@ -18,22 +18,41 @@ HELDOUT = 32
 
 @pytest.mark.slow
 def test_short_demo_writes_table_and_plots(tmp_path, capsys):
-    argv = ["--task", "demo", "--schedule", "knee", "linear", "--max-updates", str(UPDATES),
-            "--train-pairs", "300", "--heldout-pairs", str(HELDOUT), "--bpe-symbols", "500",
-            "--work-dir", str(tmp_path), "--cpu", "--fairseq-args", "--log-interval 1"]
+    argv = [
+        "--task",
+        "demo",
+        "--schedule",
+        "knee",
+        "linear",
+        "--max-updates",
+        str(UPDATES),
+        "--train-pairs",
+        "300",
+        "--heldout-pairs",
+        str(HELDOUT),
+        "--bpe-symbols",
+        "500",
+        "--work-dir",
+        str(tmp_path),
+        "--cpu",
+        "--fairseq-args",
+        "--log-interval 1",
+    ]
     assert translation.main(argv) == 0
     out = capsys.readouterr().out
 
     table = [line for line in out.splitlines() if line.startswith("| ")]
-    assert table[0] == ("| schedule | seeds | BLEU tok | BLEU detok | valid loss | valid ppl | updates | "
-                        "wall s |")
+    assert table[0] == ("| schedule | seeds | BLEU tok | BLEU detok | valid loss | valid ppl | updates | wall s |")
     rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in table[2:]]
     assert [row[0] for row in rows] == ["knee", "linear"]
     results = json.loads((tmp_path / "results.json").read_text())
-    for row, result in zip(rows, results):
+    for row, result in zip(rows, results, strict=True):
         assert row[1] == "1" and row[6] == str(UPDATES)
-        assert (row[2], row[3], row[4]) == (f"{result['bleu_tokenized']:.2f}", f"{result['bleu_detokenized']:.2f}",
-                                            f"{result['best_valid_loss']:.3f}")
+        assert (row[2], row[3], row[4]) == (
+            f"{result['bleu_tokenized']:.2f}",
+            f"{result['bleu_detokenized']:.2f}",
+            f"{result['best_valid_loss']:.3f}",
+        )
     assert [r["label"] for r in results] == ["knee", "linear"]
     assert [r["updates"] for r in results] == [UPDATES, UPDATES]
     peak = translation.TASKS["demo"].lr
@@ -52,7 +71,8 @@ def test_short_demo_writes_table_and_plots(tmp_path, capsys):
         hypotheses, references = generated_pairs((save_dir / "generate-test.txt").read_text())
         assert len(hypotheses) == HELDOUT
         assert result["bleu_tokenized"] == pytest.approx(
-            sacrebleu.corpus_bleu(hypotheses, [references], tokenize="none").score, abs=1e-9)
+            sacrebleu.corpus_bleu(hypotheses, [references], tokenize="none").score, abs=1e-9
+        )
         # the scored checkpoint is the one whose valid loss is lowest in fairseq's own log
         valid = {}
         for line in (save_dir / "train.log").read_text().splitlines():
@@ -77,4 +97,3 @@ def generated_pairs(output: str) -> tuple[list[str], list[str]]:
             (hypotheses if tag[0] == "H" else references)[int(tag[2:])] = text
     order = sorted(references)
     return [hypotheses[i] for i in order], [references[i] for i in order]
-

@@ -10,10 +10,20 @@ import pytest
 
 from knee_plugins.recipes import prepare
 
-GERMAN = ["Das ist ein kleines Haus.", "Wir haben heute viel gelernt!", "Die Katze schläft auf dem Sofa.",
-          "Ich danke Ihnen sehr herzlich.", "Das Wetter ist schön, oder?"]
-ENGLISH = ["This is a small house.", "We learned a lot today!", "The cat sleeps on the sofa.",
-           "I thank you very much.", "The weather is nice, isn't it?"]
+GERMAN = [
+    "Das ist ein kleines Haus.",
+    "Wir haben heute viel gelernt!",
+    "Die Katze schläft auf dem Sofa.",
+    "Ich danke Ihnen sehr herzlich.",
+    "Das Wetter ist schön, oder?",
+]
+ENGLISH = [
+    "This is a small house.",
+    "We learned a lot today!",
+    "The cat sleeps on the sofa.",
+    "I thank you very much.",
+    "The weather is nice, isn't it?",
+]
 
 
 def _write(path: Path, lines: list[str]) -> None:
@@ -25,9 +35,15 @@ def _iwslt_sample(orig: Path) -> None:
     base = orig / "de-en"
     for lang, lines in (("de", GERMAN), ("en", ENGLISH)):
         body = [f"{lines[i % 5]} ({i})" for i in range(46)]
-        tags = ['<doc docid="1" genre="lectures">', "<url>http://www.ted.com/talks/x.html</url>",
-                "<keywords>talks, science</keywords>", "<speaker>Someone</speaker>", "<talkid>1</talkid>",
-                f"<title>{lines[0]}</title>", f"<description>{lines[1]}</description>"]
+        tags = [
+            '<doc docid="1" genre="lectures">',
+            "<url>http://www.ted.com/talks/x.html</url>",
+            "<keywords>talks, science</keywords>",
+            "<speaker>Someone</speaker>",
+            "<talkid>1</talkid>",
+            f"<title>{lines[0]}</title>",
+            f"<description>{lines[1]}</description>",
+        ]
         _write(base / f"train.tags.de-en.{lang}", tags + body + ["</doc>"])
         for name in ("TED.dev2010", "TEDX.dev2012", "TED.tst2010", "TED.tst2011", "TED.tst2012"):
             segments = [f'<seg id="{i}"> {line} </seg>' for i, line in enumerate(lines, 1)]
@@ -48,9 +64,12 @@ def test_iwslt14_reader_splits_like_fairseq(tmp_path):
 def test_wmt14_reader(tmp_path):
     for corpus_name in prepare.WMT14_TRAIN_CORPORA:
         for lang, lines in (("en", ENGLISH), ("de", GERMAN)):
-            _write(tmp_path / "training" / f"{corpus_name}.{lang}", [f"{l} {i}" for i in range(40) for l in lines[:1]])
+            _write(
+                tmp_path / "training" / f"{corpus_name}.{lang}",
+                [f"{line} {i}" for i in range(40) for line in lines[:1]],
+            )
     for name, lines in (("newstest2014-deen-src.en.sgm", ENGLISH), ("newstest2014-deen-ref.de.sgm", GERMAN)):
-        _write(tmp_path / "test-full" / name, [f'<seg id="{i}">{l}</seg>' for i, l in enumerate(lines, 1)])
+        _write(tmp_path / "test-full" / name, [f'<seg id="{i}">{line}</seg>' for i, line in enumerate(lines, 1)])
     raw = prepare.read_wmt14(tmp_path)
     assert len(raw["train"][0]) == 120 - 1 and len(raw["valid"][0]) == 1
     assert raw["test"] == (ENGLISH, GERMAN)

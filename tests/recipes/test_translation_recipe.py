@@ -11,10 +11,20 @@ from knee_plugins.recipes import translation
 
 # task -> budget -> (epochs, explore epochs); shared settings below (the paper's table).
 PAPER = {
-    "iwslt14": {"arch": "transformer_iwslt_de_en", "dropout": 0.3, "tokens": 4096,
-                "epochs": {"full": 50, "short": 35}, "explore": {"full": 40, "short": 30}},
-    "wmt14": {"arch": "transformer", "dropout": 0.1, "tokens": 30000,
-              "epochs": {"full": 70, "short": 30}, "explore": {"full": 50, "short": 25}},
+    "iwslt14": {
+        "arch": "transformer_iwslt_de_en",
+        "dropout": 0.3,
+        "tokens": 4096,
+        "epochs": {"full": 50, "short": 35},
+        "explore": {"full": 40, "short": 30},
+    },
+    "wmt14": {
+        "arch": "transformer",
+        "dropout": 0.1,
+        "tokens": 30000,
+        "epochs": {"full": 70, "short": 30},
+        "explore": {"full": 50, "short": 25},
+    },
 }
 UPDATES_PER_EPOCH = 1234
 
@@ -46,8 +56,18 @@ def value(options: dict[str, list[str]], flag: str) -> str:
 @pytest.mark.parametrize("world_size", [1, 8])
 def test_shared_settings_and_batch(capsys, task, world_size):
     paper = PAPER[task]
-    commands = dry_run(capsys, "--task", task, "--schedule", *translation.SCHEDULES, "--budget", "full", "short",
-                       "--world-size", str(world_size))
+    commands = dry_run(
+        capsys,
+        "--task",
+        task,
+        "--schedule",
+        *translation.SCHEDULES,
+        "--budget",
+        "full",
+        "short",
+        "--world-size",
+        str(world_size),
+    )
     assert len(commands) == len(translation.SCHEDULES) * 2
     for options in commands:
         assert value(options, "--arch") == paper["arch"]
@@ -69,7 +89,7 @@ def test_schedules_and_budgets(capsys, task, budget):
     paper = PAPER[task]
     epochs = paper["epochs"][budget]
     commands = dry_run(capsys, "--task", task, "--schedule", *translation.SCHEDULES, "--budget", budget)
-    by_schedule = dict(zip(translation.SCHEDULES, commands))
+    by_schedule = dict(zip(translation.SCHEDULES, commands, strict=False))
     for options in commands:
         assert int(value(options, "--max-epoch")) == epochs
     knee = by_schedule["knee"]

@@ -26,26 +26,33 @@ merged with an extra factor 1/N (``mean(dropout(fill(1/N)) · outputs)``); see d
 from __future__ import annotations
 
 import argparse
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, cast
 
 import torch
 import torch.nn as nn
-from torch import Tensor
-
 from fairseq.distributed import fsdp_wrap
 from fairseq.models import register_model, register_model_architecture
 from fairseq.models.transformer import TransformerDecoderBase, TransformerEncoderBase
 from fairseq.models.transformer.transformer_legacy import TransformerModel, base_architecture
-from fairseq.modules import transformer_layer
+from fairseq.modules import MultiheadAttention, transformer_layer
 from fairseq.modules.checkpoint_activations import checkpoint_wrapper
 from fairseq.modules.quant_noise import quant_noise
+from torch import Tensor
 
-BRANCH_OPTIONS = ("encoder_branches", "decoder_branches", "encoder_pffn_branches", "decoder_pffn_branches",
-                  "branch_dropout", "pffn_branch_dropout", "join_pffn")
+BRANCH_OPTIONS = (
+    "encoder_branches",
+    "decoder_branches",
+    "encoder_pffn_branches",
+    "decoder_pffn_branches",
+    "branch_dropout",
+    "pffn_branch_dropout",
+    "join_pffn",
+)
 
 
-def branch_weights(num_branches: int, dropout: float, training: bool, device: torch.device,
-                   dtype: torch.dtype) -> Tensor:
+def branch_weights(
+    num_branches: int, dropout: float, training: bool, device: torch.device, dtype: torch.dtype
+) -> Tensor:
     """The weight of each branch in the merge: ``m_i / (N (1 − p))`` in training (drop-branch,
     one Bernoulli draw per branch), ``1 / N`` otherwise."""
     if training and dropout > 0:
@@ -57,7 +64,7 @@ def branch_weights(num_branches: int, dropout: float, training: bool, device: to
 def merge_branches(outputs: Sequence[Tensor], weights: Tensor) -> Tensor:
     """``Σ_i weights[i] · outputs[i]`` (exact for one branch of weight 1: ``x · 1.0 == x``)."""
     merged = outputs[0] * weights[0]
-    for output, weight in zip(outputs[1:], weights[1:]):
+    for output, weight in zip(outputs[1:], weights[1:], strict=False):
         merged = merged + output * weight
     return merged
 
@@ -93,9 +100,17 @@ class MultiBranchAttention(nn.Module):
         if before_softmax:
             raise NotImplementedError("transformer_mb: before_softmax is not supported by multi-branch attention")
         results = [
-            branch(query, key, value, key_padding_mask=key_padding_mask, incremental_state=incremental_state,
-                   need_weights=need_weights, static_kv=static_kv, attn_mask=attn_mask,
-                   need_head_weights=need_head_weights)
+            branch(
+                query,
+                key,
+                value,
+                key_padding_mask=key_padding_mask,
+                incremental_state=incremental_state,
+                need_weights=need_weights,
+                static_kv=static_kv,
+                attn_mask=attn_mask,
+                need_head_weights=need_head_weights,
+            )
             for branch in self.branches
         ]
         weights = branch_weights(len(results), self.branch_dropout, self.training, query.device, query.dtype)
@@ -109,7 +124,7 @@ class MultiBranchAttention(nn.Module):
         self, incremental_state: Optional[Dict[str, Dict[str, Optional[Tensor]]]]
     ) -> Dict[str, Optional[Tensor]]:
         """The first branch's cache (fairseq's layers only test it for ``prev_key``)."""
-        return self.branches[0]._get_input_buffer(incremental_state)
+        return cast(MultiheadAttention, self.branches[0])._get_input_buffer(incremental_state)
 
     def _set_input_buffer(
         self,
@@ -118,7 +133,7 @@ class MultiBranchAttention(nn.Module):
     ):
         """Give every branch the same cache (fairseq's ``prev_self_attn_state`` path)."""
         for branch in self.branches:
-            incremental_state = branch._set_input_buffer(incremental_state, dict(buffer))
+            incremental_state = cast(MultiheadAttention, branch)._set_input_buffer(incremental_state, dict(buffer))
         return incremental_state
 
 
@@ -154,7 +169,7 @@ class BranchedFFNOutput(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.join:
             chunks = x.chunk(len(self.branches), dim=-1)
-            outputs = [branch(chunk) for branch, chunk in zip(self.branches, chunks)]
+            outputs = [branch(chunk) for branch, chunk in zip(self.branches, chunks, strict=False)]
         else:
             outputs = [branch(x) for branch in self.branches]
         weights = branch_weights(len(outputs), self.branch_dropout, self.training, x.device, x.dtype)
@@ -172,10 +187,13 @@ class _BranchSettings:
         self.join_ffn = bool(cfg.join_pffn)
 
 
-def _ffn_branches(settings: _BranchSettings, input_dim: int, output_dim: int, q_noise: float,
-                  qn_block_size: int) -> List[nn.Module]:
-    return [quant_noise(nn.Linear(input_dim, output_dim), p=q_noise, block_size=qn_block_size)
-            for _ in range(settings.ffn_branches)]
+def _ffn_branches(
+    settings: _BranchSettings, input_dim: int, output_dim: int, q_noise: float, qn_block_size: int
+) -> List[nn.Module]:
+    return [
+        quant_noise(nn.Linear(input_dim, output_dim), p=q_noise, block_size=qn_block_size)
+        for _ in range(settings.ffn_branches)
+    ]
 
 
 class TransformerMBEncoderLayer(transformer_layer.TransformerEncoderLayerBase):
@@ -187,52 +205,61 @@ class TransformerMBEncoderLayer(transformer_layer.TransformerEncoderLayerBase):
 
     def build_self_attention(self, embed_dim, cfg):
         build = super().build_self_attention
-        return MultiBranchAttention([build(embed_dim, cfg) for _ in range(self._branches.attention_branches)],
-                                    self._branches.branch_dropout)
+        return MultiBranchAttention(
+            [build(embed_dim, cfg) for _ in range(self._branches.attention_branches)], self._branches.branch_dropout
+        )
 
     def build_fc1(self, input_dim, output_dim, q_noise, qn_block_size):
         s = self._branches
-        return BranchedFFNInput(_ffn_branches(s, input_dim, output_dim, q_noise, qn_block_size),
-                                s.ffn_branch_dropout, s.join_ffn)
+        return BranchedFFNInput(
+            _ffn_branches(s, input_dim, output_dim, q_noise, qn_block_size), s.ffn_branch_dropout, s.join_ffn
+        )
 
     def build_fc2(self, input_dim, output_dim, q_noise, qn_block_size):
         s = self._branches
-        return BranchedFFNOutput(_ffn_branches(s, input_dim, output_dim, q_noise, qn_block_size),
-                                 s.ffn_branch_dropout, s.join_ffn)
+        return BranchedFFNOutput(
+            _ffn_branches(s, input_dim, output_dim, q_noise, qn_block_size), s.ffn_branch_dropout, s.join_ffn
+        )
 
 
 class TransformerMBDecoderLayer(transformer_layer.TransformerDecoderLayerBase):
     """fairseq's decoder layer with multi-branch self-attention, encoder attention and FFN."""
 
-    def __init__(self, cfg, no_encoder_attn: bool = False, add_bias_kv: bool = False,
-                 add_zero_attn: bool = False) -> None:
+    def __init__(
+        self, cfg, no_encoder_attn: bool = False, add_bias_kv: bool = False, add_zero_attn: bool = False
+    ) -> None:
         self._branches = _BranchSettings(cfg, "decoder")
         if self._branches.ffn_branches > 1 and self._branches.join_ffn and getattr(cfg, "scale_fc", False):
             raise ValueError("transformer_mb: --scale-fc does not combine with joined FFN branches (--join-pffn)")
-        super().__init__(cfg, no_encoder_attn=no_encoder_attn, add_bias_kv=add_bias_kv,
-                         add_zero_attn=add_zero_attn)
+        super().__init__(cfg, no_encoder_attn=no_encoder_attn, add_bias_kv=add_bias_kv, add_zero_attn=add_zero_attn)
 
     def build_self_attention(self, embed_dim, cfg, add_bias_kv=False, add_zero_attn=False):
         build = super().build_self_attention
         return MultiBranchAttention(
-            [build(embed_dim, cfg, add_bias_kv=add_bias_kv, add_zero_attn=add_zero_attn)
-             for _ in range(self._branches.attention_branches)],
-            self._branches.branch_dropout)
+            [
+                build(embed_dim, cfg, add_bias_kv=add_bias_kv, add_zero_attn=add_zero_attn)
+                for _ in range(self._branches.attention_branches)
+            ],
+            self._branches.branch_dropout,
+        )
 
     def build_encoder_attention(self, embed_dim, cfg):
         build = super().build_encoder_attention
-        return MultiBranchAttention([build(embed_dim, cfg) for _ in range(self._branches.attention_branches)],
-                                    self._branches.branch_dropout)
+        return MultiBranchAttention(
+            [build(embed_dim, cfg) for _ in range(self._branches.attention_branches)], self._branches.branch_dropout
+        )
 
     def build_fc1(self, input_dim, output_dim, q_noise, qn_block_size):
         s = self._branches
-        return BranchedFFNInput(_ffn_branches(s, input_dim, output_dim, q_noise, qn_block_size),
-                                s.ffn_branch_dropout, s.join_ffn)
+        return BranchedFFNInput(
+            _ffn_branches(s, input_dim, output_dim, q_noise, qn_block_size), s.ffn_branch_dropout, s.join_ffn
+        )
 
     def build_fc2(self, input_dim, output_dim, q_noise, qn_block_size):
         s = self._branches
-        return BranchedFFNOutput(_ffn_branches(s, input_dim, output_dim, q_noise, qn_block_size),
-                                 s.ffn_branch_dropout, s.join_ffn)
+        return BranchedFFNOutput(
+            _ffn_branches(s, input_dim, output_dim, q_noise, qn_block_size), s.ffn_branch_dropout, s.join_ffn
+        )
 
 
 def _wrap_layer(layer: nn.Module, cfg) -> nn.Module:
@@ -285,28 +312,65 @@ class TransformerMBModel(TransformerModel):
     @classmethod
     def add_args(cls, parser):
         super().add_args(parser)
-        parser.add_argument("--encoder-branches", type=_branch_count, metavar="N",
-                            help="attention branches in every encoder layer (N_a in the MAT paper)")
-        parser.add_argument("--decoder-branches", type=_branch_count, metavar="N",
-                            help="attention branches (self and encoder attention) in every decoder layer")
-        parser.add_argument("--encoder-pffn-branches", "--encoder-ffn-branches", dest="encoder_pffn_branches",
-                            type=_branch_count, metavar="N",
-                            help="FFN branches in every encoder layer (default: --encoder-branches)")
-        parser.add_argument("--decoder-pffn-branches", "--decoder-ffn-branches", dest="decoder_pffn_branches",
-                            type=_branch_count, metavar="N",
-                            help="FFN branches in every decoder layer (default: --decoder-branches)")
-        parser.add_argument("--branch-dropout", type=_probability, metavar="P",
-                            help="drop-branch: probability of dropping a whole attention branch in training; "
-                                 "kept branches are scaled by 1/(1-P) (rho in the MAT paper)")
-        parser.add_argument("--pffn-branch-dropout", "--ffn-branch-dropout", dest="pffn_branch_dropout",
-                            type=_probability, metavar="P",
-                            help="drop-branch probability of the FFN branches (default: --branch-dropout; "
-                                 "with one FFN branch this drops the whole FFN sub-layer)")
-        parser.add_argument("--join-pffn", "--join-ffn", dest="join_pffn", action="store_true",
-                            help="each FFN branch is a whole fc1-activation-fc2 block (the MAT README's "
-                                 "setting); otherwise fc1 and fc2 are merged separately")
-        parser.add_argument("--no-join-pffn", "--no-join-ffn", dest="join_pffn", action="store_false",
-                            help="merge fc1 and fc2 branches separately (the released code's default)")
+        parser.add_argument(
+            "--encoder-branches",
+            type=_branch_count,
+            metavar="N",
+            help="attention branches in every encoder layer (N_a in the MAT paper)",
+        )
+        parser.add_argument(
+            "--decoder-branches",
+            type=_branch_count,
+            metavar="N",
+            help="attention branches (self and encoder attention) in every decoder layer",
+        )
+        parser.add_argument(
+            "--encoder-pffn-branches",
+            "--encoder-ffn-branches",
+            dest="encoder_pffn_branches",
+            type=_branch_count,
+            metavar="N",
+            help="FFN branches in every encoder layer (default: --encoder-branches)",
+        )
+        parser.add_argument(
+            "--decoder-pffn-branches",
+            "--decoder-ffn-branches",
+            dest="decoder_pffn_branches",
+            type=_branch_count,
+            metavar="N",
+            help="FFN branches in every decoder layer (default: --decoder-branches)",
+        )
+        parser.add_argument(
+            "--branch-dropout",
+            type=_probability,
+            metavar="P",
+            help="drop-branch: probability of dropping a whole attention branch in training; "
+            "kept branches are scaled by 1/(1-P) (rho in the MAT paper)",
+        )
+        parser.add_argument(
+            "--pffn-branch-dropout",
+            "--ffn-branch-dropout",
+            dest="pffn_branch_dropout",
+            type=_probability,
+            metavar="P",
+            help="drop-branch probability of the FFN branches (default: --branch-dropout; "
+            "with one FFN branch this drops the whole FFN sub-layer)",
+        )
+        parser.add_argument(
+            "--join-pffn",
+            "--join-ffn",
+            dest="join_pffn",
+            action="store_true",
+            help="each FFN branch is a whole fc1-activation-fc2 block (the MAT README's "
+            "setting); otherwise fc1 and fc2 are merged separately",
+        )
+        parser.add_argument(
+            "--no-join-pffn",
+            "--no-join-ffn",
+            dest="join_pffn",
+            action="store_false",
+            help="merge fc1 and fc2 branches separately (the released code's default)",
+        )
 
     @classmethod
     def build_model(cls, args, task):
@@ -354,8 +418,9 @@ def base_architecture_mb(args):
     base_architecture(args)
 
 
-def _paper_setting(args, *, embed_dim: int, ffn_dim: int, heads: int, branches: int, branch_dropout: float,
-                   dropout: float) -> None:
+def _paper_setting(
+    args, *, embed_dim: int, ffn_dim: int, heads: int, branches: int, branch_dropout: float, dropout: float
+) -> None:
     for side in ("encoder", "decoder"):
         _set_default(args, f"{side}_embed_dim", embed_dim)
         _set_default(args, f"{side}_ffn_embed_dim", ffn_dim)
@@ -394,4 +459,3 @@ def transformer_mb_vaswani_wmt_en_de_big(args):
         _set_default(args, f"{side}_attention_heads", 16)
     _set_default(args, "dropout", 0.3)
     base_architecture_mb(args)
-
