@@ -34,6 +34,7 @@ from transformers import (
     Trainer,
     TrainerCallback,
     TrainingArguments,
+    set_seed,
 )
 
 from knee_plugins import KneeCallback
@@ -131,7 +132,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     started = time.time()
     output_dir = Path(args.output_dir)
 
-    # Data and model
+    # Data and model (seeded first: a checkpoint without a QA head gets a new one from the global RNG)
+    set_seed(args.seed)
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     data = squad.load_features(args, tokenizer)
     model = AutoModelForQuestionAnswering.from_pretrained(args.model)
