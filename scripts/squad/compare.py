@@ -1,6 +1,6 @@
 """Compare finished SQuAD runs: a Markdown table of EM/F1 per run and one PNG of their LR and dev F1.
 
-    python scripts/squad/compare.py runs/squad/knee/results.json runs/squad/linear/results.json --plot runs/squad/compare.png
+python scripts/squad/compare.py runs/squad/knee/results.json runs/squad/linear/results.json --plot runs/squad/compare.png
 """
 
 from __future__ import annotations
@@ -14,9 +14,13 @@ from knee_plugins.recipes import squad
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Table and plot of SQuAD runs written by finetune.py / train_trainer.py.")
+    parser = argparse.ArgumentParser(
+        description="Table and plot of SQuAD runs written by finetune.py / train_trainer.py."
+    )
     parser.add_argument("results", nargs="+", type=Path, help="results.json files (or their run folders)")
-    parser.add_argument("--plot", type=Path, default=None, help="also draw the LR and dev F1 of every run into this PNG")
+    parser.add_argument(
+        "--plot", type=Path, default=None, help="also draw the LR and dev F1 of every run into this PNG"
+    )
     parser.add_argument("--dry-run", action="store_true", help="list the files that would be read and exit")
     args = parser.parse_args(argv)
     paths = [path / "results.json" if path.is_dir() else path for path in args.results]

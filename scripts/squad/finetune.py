@@ -45,15 +45,26 @@ logger = get_logger(__name__)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Fine-tune a BERT on SQuAD v1.1 under accelerate with the Knee LR schedule.")
+    parser = argparse.ArgumentParser(
+        description="Fine-tune a BERT on SQuAD v1.1 under accelerate with the Knee LR schedule."
+    )
     squad.add_common_arguments(parser)
     run = parser.add_argument_group("evaluation and checkpoints")
-    run.add_argument("--eval-every", default="epoch", help='evaluate on dev every N updates, or "epoch" (always at the end)')
-    run.add_argument("--checkpointing-steps", default=None, help='save the full training state every N updates, or "epoch"')
+    run.add_argument(
+        "--eval-every", default="epoch", help='evaluate on dev every N updates, or "epoch" (always at the end)'
+    )
+    run.add_argument(
+        "--checkpointing-steps", default=None, help='save the full training state every N updates, or "epoch"'
+    )
     run.add_argument("--keep-checkpoints", type=int, default=1, help="keep only the newest N checkpoints (0: keep all)")
-    run.add_argument("--resume-from-checkpoint", default=None,
-                     help='a step_N folder written by this script, or "latest" (the newest in --output-dir)')
-    run.add_argument("--no-save-model", action="store_true", help="do not save the fine-tuned model in <output-dir>/model")
+    run.add_argument(
+        "--resume-from-checkpoint",
+        default=None,
+        help='a step_N folder written by this script, or "latest" (the newest in --output-dir)',
+    )
+    run.add_argument(
+        "--no-save-model", action="store_true", help="do not save the fine-tuned model in <output-dir>/model"
+    )
     args = parser.parse_args(argv)
     squad.check_common_arguments(parser, args)
     for option, value in (("--eval-every", args.eval_every), ("--checkpointing-steps", args.checkpointing_steps)):
@@ -66,7 +77,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"--resume-from-checkpoint {args.resume_from_checkpoint}: no such folder")
     num_processes = int(os.environ.get("WORLD_SIZE", "1"))
     try:
-        args.per_device, args.accumulation = squad.batch_layout(args.global_batch_size, args.per_device_batch_size, num_processes)
+        args.per_device, args.accumulation = squad.batch_layout(
+            args.global_batch_size, args.per_device_batch_size, num_processes
+        )
     except ValueError as error:
         parser.error(str(error))
     args.num_processes = num_processes
@@ -111,13 +124,17 @@ def evaluate(accelerator, model, dataloader, data, args) -> dict:
         start = accelerator.pad_across_processes(outputs.start_logits, dim=1, pad_index=-1e4)
         end = accelerator.pad_across_processes(outputs.end_logits, dim=1, pad_index=-1e4)
         start, end, feature_index = accelerator.gather_for_metrics((start, end, feature_index))
-        for index, start_row, end_row in zip(feature_index.tolist(), start.float().cpu().numpy(), end.float().cpu().numpy()):
+        for index, start_row, end_row in zip(
+            feature_index.tolist(), start.float().cpu().numpy(), end.float().cpu().numpy(), strict=True
+        ):
             duplicates += index in rows
             rows[index] = (start_row, end_row)
     model.train()
     features = data["eval_features"]
     if duplicates or len(rows) != len(features):
-        raise RuntimeError(f"evaluation gathered {len(rows)} distinct windows ({duplicates} duplicates) of {len(features)}")
+        raise RuntimeError(
+            f"evaluation gathered {len(rows)} distinct windows ({duplicates} duplicates) of {len(features)}"
+        )
     width = max(len(start_row) for start_row, _ in rows.values())
     start_logits = np.full((len(features), width), -1e4, dtype=np.float32)
     end_logits = np.full((len(features), width), -1e4, dtype=np.float32)
@@ -151,7 +168,9 @@ def main(argv: list[str] | None = None) -> int:
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
     )
     if accelerator.num_processes != args.num_processes:
-        raise RuntimeError(f"planned for {args.num_processes} processes (WORLD_SIZE) but accelerate runs {accelerator.num_processes}")
+        raise RuntimeError(
+            f"planned for {args.num_processes} processes (WORLD_SIZE) but accelerate runs {accelerator.num_processes}"
+        )
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     logger.info(accelerator.state, main_process_only=False)
     set_seed(args.seed)
@@ -164,38 +183,72 @@ def main(argv: list[str] | None = None) -> int:
         tokenizer = AutoTokenizer.from_pretrained(args.model)
         data = squad.load_features(args, tokenizer)
     collator = DataCollatorWithPadding(tokenizer)
-    train_columns = ["input_ids", "token_type_ids", "attention_mask", "start_positions", "end_positions", "feature_index"]
+    train_columns = [
+        "input_ids",
+        "token_type_ids",
+        "attention_mask",
+        "start_positions",
+        "end_positions",
+        "feature_index",
+    ]
     eval_columns = ["input_ids", "token_type_ids", "attention_mask", "feature_index"]
-    train_features = data["train_features"].select_columns([c for c in train_columns if c in data["train_features"].column_names])
-    eval_features = data["eval_features"].select_columns([c for c in eval_columns if c in data["eval_features"].column_names])
+    train_features = data["train_features"].select_columns(
+        [c for c in train_columns if c in data["train_features"].column_names]
+    )
+    eval_features = data["eval_features"].select_columns(
+        [c for c in eval_columns if c in data["eval_features"].column_names]
+    )
     # Own generators: creating a dataloader iterator then draws no number from the global RNG, so dropout
     # after a resume sees the same random stream as the uninterrupted run.
-    train_dataloader = DataLoader(train_features, shuffle=True, batch_size=args.per_device, collate_fn=collator,
-                                  generator=torch.Generator().manual_seed(args.seed))
-    eval_dataloader = DataLoader(eval_features, shuffle=False, batch_size=args.eval_batch_size, collate_fn=collator,
-                                 generator=torch.Generator().manual_seed(args.seed))
+    train_dataloader = DataLoader(
+        train_features,
+        shuffle=True,
+        batch_size=args.per_device,
+        collate_fn=collator,
+        generator=torch.Generator().manual_seed(args.seed),
+    )
+    eval_dataloader = DataLoader(
+        eval_features,
+        shuffle=False,
+        batch_size=args.eval_batch_size,
+        collate_fn=collator,
+        generator=torch.Generator().manual_seed(args.seed),
+    )
 
     # Model and optimizer
     model = AutoModelForQuestionAnswering.from_pretrained(args.model)
     optimizer = squad.build_optimizer(model, args.learning_rate, args.weight_decay)
 
     # Prepare, then size the schedule on the sharded dataloader: this run's real number of updates.
-    model, optimizer, train_dataloader, eval_dataloader = accelerator.prepare(model, optimizer, train_dataloader, eval_dataloader)
+    model, optimizer, train_dataloader, eval_dataloader = accelerator.prepare(
+        model, optimizer, train_dataloader, eval_dataloader
+    )
     steps_per_epoch = math.ceil(len(train_dataloader) / args.accumulation)
     plan = squad.schedule_steps(args, steps_per_epoch)
     total_steps = plan["total"]
     num_epochs = math.ceil(total_steps / steps_per_epoch)
     lr_scheduler = squad.build_scheduler(
-        args.schedule, optimizer, total_steps=total_steps, warmup_steps=plan["warmup"], explore_steps=plan["explore"],
-        min_lr_ratio=args.min_lr_ratio, one_cycle_max_lr=args.one_cycle_max_lr, one_cycle_div_factor=args.one_cycle_div_factor,
-        one_cycle_final_div_factor=args.one_cycle_final_div_factor, one_cycle_pct_start=args.one_cycle_pct_start,
+        args.schedule,
+        optimizer,
+        total_steps=total_steps,
+        warmup_steps=plan["warmup"],
+        explore_steps=plan["explore"],
+        min_lr_ratio=args.min_lr_ratio,
+        one_cycle_max_lr=args.one_cycle_max_lr,
+        one_cycle_div_factor=args.one_cycle_div_factor,
+        one_cycle_final_div_factor=args.one_cycle_final_div_factor,
+        one_cycle_pct_start=args.one_cycle_pct_start,
     )
     lr_scheduler = accelerator.prepare(lr_scheduler)
 
     # Resume: model, optimizer, scheduler and RNG states; skip the batches already seen in that epoch.
     completed_steps = 0
     if args.resume_from_checkpoint:
-        checkpoint = latest_checkpoint(output_dir) if args.resume_from_checkpoint == "latest" else Path(args.resume_from_checkpoint)
+        checkpoint = (
+            latest_checkpoint(output_dir)
+            if args.resume_from_checkpoint == "latest"
+            else Path(args.resume_from_checkpoint)
+        )
         if checkpoint is None:
             logger.info(f"no checkpoint in {output_dir}: starting from scratch")
         else:
@@ -255,8 +308,14 @@ def main(argv: list[str] | None = None) -> int:
             if checkpoint_every and completed_steps % checkpoint_every == 0:
                 save_checkpoint(accelerator, output_dir, completed_steps, args.keep_checkpoints)
             if log:
-                record = {"step": completed_steps, "epoch": epoch, "lr": learning_rate, "loss": float(np.mean(losses)),
-                          "num_processes": accelerator.num_processes, "features": batch_features}
+                record = {
+                    "step": completed_steps,
+                    "epoch": epoch,
+                    "lr": learning_rate,
+                    "loss": float(np.mean(losses)),
+                    "num_processes": accelerator.num_processes,
+                    "features": batch_features,
+                }
                 log.write(json.dumps(record) + "\n")
                 log.flush()
             losses, batch_features = [], []
@@ -309,9 +368,15 @@ def main(argv: list[str] | None = None) -> int:
             "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         }
         (output_dir / "results.json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
-        squad.plot_run(output_dir / "curves.png", trajectory, evaluations_list,
-                       f"SQuAD v1.1, {args.schedule}, {args.model}: EM {results['final']['exact_match']:.2f} F1 {results['final']['f1']:.2f}")
-        logger.info(f"EM {results['final']['exact_match']:.2f} F1 {results['final']['f1']:.2f}; results in {output_dir / 'results.json'}")
+        squad.plot_run(
+            output_dir / "curves.png",
+            trajectory,
+            evaluations_list,
+            f"SQuAD v1.1, {args.schedule}, {args.model}: EM {results['final']['exact_match']:.2f} F1 {results['final']['f1']:.2f}",
+        )
+        logger.info(
+            f"EM {results['final']['exact_match']:.2f} F1 {results['final']['f1']:.2f}; results in {output_dir / 'results.json'}"
+        )
     accelerator.end_training()
     return 0
 

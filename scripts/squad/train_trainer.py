@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -47,16 +48,27 @@ TRAINER_SCHEDULER_TYPE = {"linear": "linear", "cosine": "cosine", "constant": "c
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Fine-tune a BERT on SQuAD v1.1 with transformers.Trainer and the Knee LR schedule.")
+    parser = argparse.ArgumentParser(
+        description="Fine-tune a BERT on SQuAD v1.1 with transformers.Trainer and the Knee LR schedule."
+    )
     squad.add_common_arguments(parser)
     trainer = parser.add_argument_group("Trainer")
-    trainer.add_argument("--route", choices=ROUTES, default="callback",
-                         help="how Knee enters the Trainer: KneeCallback on the Trainer's scheduler, or "
-                              "optimizers=(AdamW, get_knee_schedule_with_warmup(...)); only for --schedule knee")
+    trainer.add_argument(
+        "--route",
+        choices=ROUTES,
+        default="callback",
+        help="how Knee enters the Trainer: KneeCallback on the Trainer's scheduler, or "
+        "optimizers=(AdamW, get_knee_schedule_with_warmup(...)); only for --schedule knee",
+    )
     trainer.add_argument("--logging-steps", type=int, default=50, help="log the training loss every N updates")
-    trainer.add_argument("--checkpointing-steps", type=int, default=0, help="save a Trainer checkpoint every N updates (0: none)")
-    trainer.add_argument("--resume-from-checkpoint", default=None,
-                         help='a checkpoint-N folder of this run, or "latest" (the newest in --output-dir)')
+    trainer.add_argument(
+        "--checkpointing-steps", type=int, default=0, help="save a Trainer checkpoint every N updates (0: none)"
+    )
+    trainer.add_argument(
+        "--resume-from-checkpoint",
+        default=None,
+        help='a checkpoint-N folder of this run, or "latest" (the newest in --output-dir)',
+    )
     args = parser.parse_args(argv)
     squad.check_common_arguments(parser, args)
     if args.route == "optimizers" and args.schedule != "knee":
@@ -65,11 +77,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--logging-steps must be > 0, got {args.logging_steps}")
     if args.checkpointing_steps < 0:
         parser.error(f"--checkpointing-steps must be >= 0, got {args.checkpointing_steps}")
-    if args.resume_from_checkpoint not in (None, "latest") and not args.dry_run and not Path(args.resume_from_checkpoint).is_dir():
+    if (
+        args.resume_from_checkpoint not in (None, "latest")
+        and not args.dry_run
+        and not Path(args.resume_from_checkpoint).is_dir()
+    ):
         parser.error(f"--resume-from-checkpoint {args.resume_from_checkpoint}: no such folder")
     args.num_processes = int(os.environ.get("WORLD_SIZE", "1"))
     try:
-        args.per_device, args.accumulation = squad.batch_layout(args.global_batch_size, args.per_device_batch_size, args.num_processes)
+        args.per_device, args.accumulation = squad.batch_layout(
+            args.global_batch_size, args.per_device_batch_size, args.num_processes
+        )
     except ValueError as error:
         parser.error(str(error))
     return args
@@ -82,14 +100,25 @@ class QuestionAnsweringTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.qa_data, self.n_best_size, self.max_answer_length = qa_data, n_best_size, max_answer_length
 
-    def evaluate(self, eval_dataset: Any = None, ignore_keys: Any = None, metric_key_prefix: str = "eval") -> dict[str, float]:
+    def evaluate(
+        self, eval_dataset: Any = None, ignore_keys: Any = None, metric_key_prefix: str = "eval"
+    ) -> dict[str, float]:
         dataloader = self.get_eval_dataloader(self.eval_dataset)
-        output = self.evaluation_loop(dataloader, description="Evaluation", prediction_loss_only=False,
-                                      ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+        output = self.evaluation_loop(
+            dataloader,
+            description="Evaluation",
+            prediction_loss_only=False,
+            ignore_keys=ignore_keys,
+            metric_key_prefix=metric_key_prefix,
+        )
         start_logits, end_logits = output.predictions
         predictions = squad.postprocess_predictions(
-            self.qa_data["validation"], self.qa_data["eval_features"], start_logits, end_logits,
-            self.n_best_size, self.max_answer_length,
+            self.qa_data["validation"],
+            self.qa_data["eval_features"],
+            start_logits,
+            end_logits,
+            self.n_best_size,
+            self.max_answer_length,
         )
         scores = squad.squad_scores(predictions, self.qa_data["validation"])
         metrics = {f"{metric_key_prefix}_{name}": value for name, value in scores.items()}
@@ -118,14 +147,20 @@ class CheckBudget(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         if state.max_steps != self.total_steps:
-            raise ValueError(f"the Trainer plans {state.max_steps} updates but the schedule was sized for {self.total_steps}")
+            raise ValueError(
+                f"the Trainer plans {state.max_steps} updates but the schedule was sized for {self.total_steps}"
+            )
 
 
 def main(argv: list[str] | None = None) -> dict | None:
     args = parse_args(argv)
     if args.dry_run:
         lines = squad.plan_lines(args, args.num_processes, args.per_device, args.accumulation)
-        route = f"Trainer route: {args.route}" if args.schedule == "knee" else f"Trainer lr_scheduler_type for {args.schedule}"
+        route = (
+            f"Trainer route: {args.route}"
+            if args.schedule == "knee"
+            else f"Trainer lr_scheduler_type for {args.schedule}"
+        )
         print("\n".join([*lines, route]))
         return None
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
@@ -139,8 +174,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     model = AutoModelForQuestionAnswering.from_pretrained(args.model)
 
     # Budget in updates: the Trainer's prepared dataloader gives each process ceil(batches / processes) batches.
-    batches_per_process = -(-(-(-len(data["train_features"]) // args.per_device)) // args.num_processes)
-    steps_per_epoch = max(1, -(-batches_per_process // args.accumulation))
+    batches_per_process = math.ceil(math.ceil(len(data["train_features"]) / args.per_device) / args.num_processes)
+    steps_per_epoch = max(1, math.ceil(batches_per_process / args.accumulation))
     plan = squad.schedule_steps(args, steps_per_epoch)
     recorder = RecordLearningRate()
     callbacks: list[TrainerCallback] = [CheckBudget(plan["total"]), recorder]
@@ -150,9 +185,15 @@ def main(argv: list[str] | None = None) -> dict | None:
     elif args.schedule not in TRAINER_SCHEDULER_TYPE:
         optimizer = squad.build_optimizer(model, args.learning_rate, args.weight_decay)
         scheduler = squad.build_scheduler(
-            args.schedule, optimizer, total_steps=plan["total"], warmup_steps=plan["warmup"], explore_steps=plan["explore"],
-            min_lr_ratio=args.min_lr_ratio, one_cycle_max_lr=args.one_cycle_max_lr,
-            one_cycle_div_factor=args.one_cycle_div_factor, one_cycle_final_div_factor=args.one_cycle_final_div_factor,
+            args.schedule,
+            optimizer,
+            total_steps=plan["total"],
+            warmup_steps=plan["warmup"],
+            explore_steps=plan["explore"],
+            min_lr_ratio=args.min_lr_ratio,
+            one_cycle_max_lr=args.one_cycle_max_lr,
+            one_cycle_div_factor=args.one_cycle_div_factor,
+            one_cycle_final_div_factor=args.one_cycle_final_div_factor,
             one_cycle_pct_start=args.one_cycle_pct_start,
         )
         optimizers = (optimizer, scheduler)
@@ -192,9 +233,19 @@ def main(argv: list[str] | None = None) -> dict | None:
     )
     logger.info(
         "%d questions -> %d windows; global batch %d = %d x %d processes x %d accumulation; %d updates (%d per epoch), "
-        "warmup %d, explore %d; schedule %s%s", len(data["train"]), len(data["train_features"]), args.global_batch_size,
-        args.per_device, args.num_processes, args.accumulation, plan["total"], steps_per_epoch, plan["warmup"],
-        plan["explore"], args.schedule, f" via {args.route}" if args.schedule == "knee" else "",
+        "warmup %d, explore %d; schedule %s%s",
+        len(data["train"]),
+        len(data["train_features"]),
+        args.global_batch_size,
+        args.per_device,
+        args.num_processes,
+        args.accumulation,
+        plan["total"],
+        steps_per_epoch,
+        plan["warmup"],
+        plan["explore"],
+        args.schedule,
+        f" via {args.route}" if args.schedule == "knee" else "",
     )
 
     # Train (the dev set is scored every epoch's worth of updates and at the end)
@@ -210,12 +261,22 @@ def main(argv: list[str] | None = None) -> dict | None:
     evaluations = {}
     for entry in history:
         if "eval_f1" in entry:
-            evaluations[entry["step"]] = {"step": entry["step"], "epoch": entry.get("epoch"), "exact_match": entry["eval_exact_match"],
-                                          "f1": entry["eval_f1"], "num_examples": entry["eval_num_examples"],
-                                          "num_windows": entry["eval_num_windows"]}
+            evaluations[entry["step"]] = {
+                "step": entry["step"],
+                "epoch": entry.get("epoch"),
+                "exact_match": entry["eval_exact_match"],
+                "f1": entry["eval_f1"],
+                "num_examples": entry["eval_num_examples"],
+                "num_windows": entry["eval_num_windows"],
+            }
     steps = [{"step": step, "lr": lr, "loss": losses.get(step)} for step, lr in sorted(recorder.by_step.items())]
-    final_record = {"step": trainer.state.global_step, "exact_match": final["eval_exact_match"], "f1": final["eval_f1"],
-                    "num_examples": final["eval_num_examples"], "num_windows": final["eval_num_windows"]}
+    final_record = {
+        "step": trainer.state.global_step,
+        "exact_match": final["eval_exact_match"],
+        "f1": final["eval_f1"],
+        "num_examples": final["eval_num_examples"],
+        "num_windows": final["eval_num_windows"],
+    }
     results = {
         "route": f"trainer-{args.route}" if args.schedule == "knee" else "trainer",
         "schedule": args.schedule,
@@ -242,9 +303,15 @@ def main(argv: list[str] | None = None) -> dict | None:
     }
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "results.json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
-    squad.plot_run(output_dir / "curves.png", steps, results["evaluations"],
-                   f"SQuAD v1.1, {results['route']}, {args.schedule}: EM {final_record['exact_match']:.2f} F1 {final_record['f1']:.2f}")
-    logger.info("EM %.2f F1 %.2f; results in %s", final_record["exact_match"], final_record["f1"], output_dir / "results.json")
+    squad.plot_run(
+        output_dir / "curves.png",
+        steps,
+        results["evaluations"],
+        f"SQuAD v1.1, {results['route']}, {args.schedule}: EM {final_record['exact_match']:.2f} F1 {final_record['f1']:.2f}",
+    )
+    logger.info(
+        "EM %.2f F1 %.2f; results in %s", final_record["exact_match"], final_record["f1"], output_dir / "results.json"
+    )
     return results
 
 

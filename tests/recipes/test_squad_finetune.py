@@ -26,8 +26,20 @@ FINETUNE = ROOT / "scripts" / "squad" / "finetune.py"
 LEARNING_RATE = 1e-3
 # 25 questions -> 64 windows of 64 tokens (stride 16); global batch 4 -> 16 updates per epoch, 2 epochs.
 # Dev: 11 questions -> 22 windows; 2 processes x eval batch 4 pad the last batch.
-COMMON = ["--max-seq-length", "64", "--doc-stride", "16", "--global-batch-size", "4", "--learning-rate", str(LEARNING_RATE),
-          "--eval-batch-size", "4", "--schedule", "knee"]
+COMMON = [
+    "--max-seq-length",
+    "64",
+    "--doc-stride",
+    "16",
+    "--global-batch-size",
+    "4",
+    "--learning-rate",
+    str(LEARNING_RATE),
+    "--eval-batch-size",
+    "4",
+    "--schedule",
+    "knee",
+]
 TOTAL, EXPLORE = 32, 16
 
 
@@ -42,12 +54,21 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("squad-e2e")
     tokenizer = AutoTokenizer.from_pretrained(minilm_model_dir())
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=32, max_position_embeddings=64)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=64,
+    )
     BertForQuestionAnswering(config).save_pretrained(root / "model")
     tokenizer.save_pretrained(root / "model")
     train, dev = write_squad_files(root / "data")
-    return {"root": root, "args": ["--model", str(root / "model"), "--train-file", str(train), "--validation-file", str(dev), *COMMON]}
+    return {
+        "root": root,
+        "args": ["--model", str(root / "model"), "--train-file", str(train), "--validation-file", str(dev), *COMMON],
+    }
 
 
 def free_port() -> str:
@@ -57,8 +78,22 @@ def free_port() -> str:
 
 
 def launch_command(num_processes: int, output_dir: Path, *args: str) -> list[str]:
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    launcher += ["--multi_gpu", "--num_processes", "2", "--main_process_port", free_port()] if num_processes == 2 else ["--num_processes", "1"]
+    launcher = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+    ]
+    launcher += (
+        ["--multi_gpu", "--num_processes", "2", "--main_process_port", free_port()]
+        if num_processes == 2
+        else ["--num_processes", "1"]
+    )
     return [*launcher, str(FINETUNE), "--output-dir", str(output_dir), "--no-save-model", *args]
 
 
@@ -66,7 +101,9 @@ ENV = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "TOKENIZ
 
 
 def launch(num_processes: int, output_dir: Path, *args: str) -> dict:
-    result = subprocess.run(launch_command(num_processes, output_dir, *args), env=ENV, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        launch_command(num_processes, output_dir, *args), env=ENV, capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     return json.loads((output_dir / "results.json").read_text())
 
@@ -123,11 +160,16 @@ def test_resume_after_sigkill_continues_the_lr_trajectory_and_the_data_order(one
     _, reference_dir = one_process
     output_dir = setup["root"] / "killed"
     command = launch_command(1, output_dir, *setup["args"], "--checkpointing-steps", "4")
-    process = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    process = subprocess.Popen(
+        command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+    )
     log, deadline = output_dir / "log.jsonl", time.time() + 300
     try:
         while time.time() < deadline and process.poll() is None:
-            if log.is_file() and max((json.loads(line)["step"] for line in log.read_text().splitlines()), default=0) >= 21:
+            if (
+                log.is_file()
+                and max((json.loads(line)["step"] for line in log.read_text().splitlines()), default=0) >= 21
+            ):
                 os.killpg(process.pid, signal.SIGKILL)
                 break
             time.sleep(0.02)
@@ -145,14 +187,20 @@ def test_resume_after_sigkill_continues_the_lr_trajectory_and_the_data_order(one
     assert sorted(after) == list(range(1, TOTAL + 1))
     assert [after[s]["lr"] for s in after] == [reference[s]["lr"] for s in after]
     assert [after[s]["features"] for s in after] == [reference[s]["features"] for s in after]
-    assert [after[s]["loss"] for s in range(22, TOTAL + 1)] == pytest.approx([reference[s]["loss"] for s in range(22, TOTAL + 1)], rel=1e-4)
-    assert resumed["final"]["f1"] == pytest.approx(json.loads((reference_dir / "results.json").read_text())["final"]["f1"], abs=1e-3)
+    assert [after[s]["loss"] for s in range(22, TOTAL + 1)] == pytest.approx(
+        [reference[s]["loss"] for s in range(22, TOTAL + 1)], rel=1e-4
+    )
+    assert resumed["final"]["f1"] == pytest.approx(
+        json.loads((reference_dir / "results.json").read_text())["final"]["f1"], abs=1e-3
+    )
 
 
 def load_trainer_script():
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("squad_train_trainer", ROOT / "scripts" / "squad" / "train_trainer.py")
+    spec = importlib.util.spec_from_file_location(
+        "squad_train_trainer", ROOT / "scripts" / "squad" / "train_trainer.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -163,19 +211,32 @@ def test_both_trainer_routes_follow_knee_and_agree_and_linear_is_the_trainers_ow
     trainer_script = load_trainer_script()
     runs = {}
     for route in ("callback", "optimizers"):
-        runs[route] = trainer_script.main([*setup["args"], "--route", route, "--logging-steps", "1",
-                                           "--output-dir", str(setup["root"] / f"trainer-{route}")])
+        runs[route] = trainer_script.main(
+            [
+                *setup["args"],
+                "--route",
+                route,
+                "--logging-steps",
+                "1",
+                "--output-dir",
+                str(setup["root"] / f"trainer-{route}"),
+            ]
+        )
         results = runs[route]
         assert results["route"] == f"trainer-{route}" and results["total_steps"] == TOTAL
         assert [s["lr"] for s in results["steps"]] == pytest.approx(knee_lrs(), rel=1e-12, abs=1e-15)
         assert [e["step"] for e in results["evaluations"]] == [16, 32]
         assert (results["final"]["num_examples"], results["final"]["num_windows"]) == (11, dev_windows(setup))
         assert (setup["root"] / f"trainer-{route}" / "curves.png").is_file()
-    assert [s["loss"] for s in runs["callback"]["steps"]] == pytest.approx([s["loss"] for s in runs["optimizers"]["steps"]], rel=1e-5)
+    assert [s["loss"] for s in runs["callback"]["steps"]] == pytest.approx(
+        [s["loss"] for s in runs["optimizers"]["steps"]], rel=1e-5
+    )
     assert runs["callback"]["final"]["f1"] == pytest.approx(runs["optimizers"]["final"]["f1"], abs=1e-3)
 
     args = [a if a != "knee" else "linear" for a in setup["args"]]
-    linear = trainer_script.main([*args, "--max-train-steps", "8", "--warmup", "2", "--output-dir", str(setup["root"] / "trainer-linear")])
+    linear = trainer_script.main(
+        [*args, "--max-train-steps", "8", "--warmup", "2", "--output-dir", str(setup["root"] / "trainer-linear")]
+    )
     expected = [LEARNING_RATE * (s / 2 if s < 2 else (8 - s) / 6) for s in range(8)]
     assert [s["lr"] for s in linear["steps"]] == pytest.approx(expected, rel=1e-12, abs=1e-15)
     assert 0 <= linear["final"]["f1"] <= 100
