@@ -324,3 +324,33 @@ def test_compare_prints_one_row_per_run_and_draws_the_plot(tmp_path, capsys):
     assert (tmp_path / "c.png").stat().st_size > 5_000
     with pytest.raises(SystemExit):
         load_script("compare").main([str(tmp_path / "missing.json")])
+
+
+def lr_trace(name, total=10, **kwargs):
+    import torch
+
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-4)
+    scheduler = squad.build_scheduler(name, optimizer, total_steps=total, **kwargs)
+    trace = []
+    for _ in range(total):
+        trace.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    return trace
+
+
+def test_every_schedule_of_the_recipe_follows_its_definition_per_update():
+    from knee_plugins import KneeSchedule
+
+    knee = KneeSchedule(total_steps=10, warmup_steps=2, explore_steps=4)
+    assert lr_trace("knee", warmup_steps=2, explore_steps=4) == pytest.approx(
+        [1e-4 * knee.factor(s) for s in range(10)]
+    )
+    assert lr_trace("linear") == pytest.approx([1e-4 * (10 - s) / 10 for s in range(10)])
+    assert lr_trace("cosine") == pytest.approx([1e-4 * 0.5 * (1 + np.cos(np.pi * s / 10)) for s in range(10)])
+    assert lr_trace("constant", warmup_steps=2) == pytest.approx([0, 5e-5] + [1e-4] * 8)
+    one_cycle = lr_trace("one_cycle", one_cycle_max_lr=1e-5, one_cycle_pct_start=0.3)
+    assert one_cycle[0] == pytest.approx(1e-6) and max(one_cycle) == pytest.approx(1e-5)
+    assert one_cycle.index(max(one_cycle)) == 2 and one_cycle[-1] < 1e-6
+    with pytest.raises(ValueError, match="--schedule"):
+        lr_trace("step")
