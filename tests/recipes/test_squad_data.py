@@ -8,13 +8,12 @@ import json
 import zipfile
 from pathlib import Path
 
+import datasets
 import numpy as np
 import pytest
 from squad_fixtures import ARTICLES, squad_json, write_squad_files
 
 from knee_plugins.recipes import squad
-
-datasets = pytest.importorskip("datasets")
 
 
 @pytest.fixture(scope="module")

@@ -18,8 +18,6 @@ from squad_fixtures import write_squad_files
 from knee_plugins import KneeSchedule
 
 pytestmark = pytest.mark.slow
-pytest.importorskip("datasets")
-pytest.importorskip("torchmetrics")
 
 ROOT = Path(__file__).resolve().parents[2]
 FINETUNE = ROOT / "scripts" / "squad" / "finetune.py"
