@@ -1,13 +1,11 @@
 """`accelerate launch` with 1 and 2 CPU processes (gloo): Knee's LR per optimizer update is the same."""
 
 import json
-import os
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from accelerate_launch import CPU_ENV, accelerate_launcher
 
 from knee_plugins import KneeSchedule
 
@@ -40,32 +38,11 @@ def tiny_model_dir(tmp_path_factory):
     return path
 
 
-def free_port() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return str(sock.getsockname()[1])
-
-
 def launch(tmp_path, model_dir, num_processes, *extra):
     tmp_path.mkdir(parents=True, exist_ok=True)
     lr_log = tmp_path / f"lr-{num_processes}.jsonl"
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    launcher = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-    ]
-    launcher += (
-        ["--multi_gpu", "--num_processes", "2", "--main_process_port", free_port()]
-        if num_processes == 2
-        else ["--num_processes", "1"]
-    )
+    env = CPU_ENV
+    launcher = accelerate_launcher(num_processes)
     command = [
         *launcher,
         str(SCRIPT),

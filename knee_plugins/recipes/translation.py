@@ -89,6 +89,17 @@ class TaskRecipe:
     generate_args: tuple[str, ...] = ()
 
 
+# The demo's small Transformer and how its runs checkpoint (the MAT demo builds on both).
+DEMO_MODEL_ARGS = (
+    "--encoder-layers", "2", "--decoder-layers", "2", "--encoder-embed-dim", "128", "--decoder-embed-dim", "128",
+    "--encoder-ffn-embed-dim", "512", "--decoder-ffn-embed-dim", "512",
+    "--encoder-attention-heads", "4", "--decoder-attention-heads", "4",
+)  # fmt: skip
+DEMO_RUN_ARGS = (
+    "--keep-interval-updates", "1", "--no-epoch-checkpoints", "--no-last-checkpoints", "--num-workers", "0",
+    "--required-batch-size-multiple", "1",
+)  # fmt: skip
+
 TASKS: dict[str, TaskRecipe] = {
     "iwslt14": TaskRecipe(
         "iwslt14",
@@ -127,37 +138,8 @@ TASKS: dict[str, TaskRecipe] = {
         one_cycle_max_lr=1e-2,
         inverse_sqrt_warmup=40,
         beam=4,
-        model_args=(
-            "--encoder-layers",
-            "2",
-            "--decoder-layers",
-            "2",
-            "--encoder-embed-dim",
-            "128",
-            "--decoder-embed-dim",
-            "128",
-            "--encoder-ffn-embed-dim",
-            "512",
-            "--decoder-ffn-embed-dim",
-            "512",
-            "--encoder-attention-heads",
-            "4",
-            "--decoder-attention-heads",
-            "4",
-            "--share-all-embeddings",
-        ),
-        extra_args=(
-            "--save-interval-updates",
-            "80",
-            "--keep-interval-updates",
-            "1",
-            "--no-epoch-checkpoints",
-            "--no-last-checkpoints",
-            "--num-workers",
-            "0",
-            "--required-batch-size-multiple",
-            "1",
-        ),
+        model_args=(*DEMO_MODEL_ARGS, "--share-all-embeddings"),
+        extra_args=("--save-interval-updates", "80", *DEMO_RUN_ARGS),
         generate_args=("--max-len-a", "1.2", "--max-len-b", "10"),
     ),
 }

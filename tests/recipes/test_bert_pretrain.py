@@ -6,14 +6,13 @@ import json
 import math
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
+from accelerate_launch import CPU_ENV, accelerate_launcher
 
 from knee_plugins import KneeSchedule
 from knee_plugins.recipes import bert_pretraining as bp
@@ -49,12 +48,6 @@ def load_script(path, name):
     return module
 
 
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return str(sock.getsockname()[1])
-
-
 def tiny_config(data_dir):
     """A 2-layer BERT with hidden size 32 (a config file, the way users pass their own shape)."""
     path = Path(data_dir) / "tiny-bert.json"
@@ -66,22 +59,7 @@ def tiny_config(data_dir):
 
 
 def command(data_dir, output_dir, num_processes=1, *extra):
-    launcher = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-    ]
-    launcher += (
-        ["--multi_gpu", "--num_processes", "2", "--main_process_port", free_port()]
-        if num_processes == 2
-        else ["--num_processes", "1"]
-    )
+    launcher = accelerate_launcher(num_processes)
     return [
         *launcher,
         str(PRETRAIN),
@@ -96,7 +74,7 @@ def command(data_dir, output_dir, num_processes=1, *extra):
     ]
 
 
-ENV = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+ENV = CPU_ENV
 
 
 def run(cmd):

@@ -6,13 +6,12 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from accelerate_launch import CPU_ENV, accelerate_launcher
 from squad_fixtures import write_squad_files
 
 from knee_plugins import KneeSchedule
@@ -69,33 +68,12 @@ def setup(tmp_path_factory):
     }
 
 
-def free_port() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return str(sock.getsockname()[1])
-
-
 def launch_command(num_processes: int, output_dir: Path, *args: str) -> list[str]:
-    launcher = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-    ]
-    launcher += (
-        ["--multi_gpu", "--num_processes", "2", "--main_process_port", free_port()]
-        if num_processes == 2
-        else ["--num_processes", "1"]
-    )
+    launcher = accelerate_launcher(num_processes)
     return [*launcher, str(FINETUNE), "--output-dir", str(output_dir), "--no-save-model", *args]
 
 
-ENV = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+ENV = CPU_ENV
 
 
 def launch(num_processes: int, output_dir: Path, *args: str) -> dict:
