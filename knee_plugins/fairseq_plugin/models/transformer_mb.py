@@ -196,18 +196,10 @@ def _ffn_branches(
     ]
 
 
-class TransformerMBEncoderLayer(transformer_layer.TransformerEncoderLayerBase):
-    """fairseq's encoder layer with multi-branch self-attention and FFN."""
+class _BranchedFFN:
+    """The FFN builders both layers share: ``fc1``/``fc2`` with the layer's FFN branches."""
 
-    def __init__(self, cfg, return_fc: bool = False) -> None:
-        self._branches = _BranchSettings(cfg, "encoder")
-        super().__init__(cfg, return_fc=return_fc)
-
-    def build_self_attention(self, embed_dim, cfg):
-        build = super().build_self_attention
-        return MultiBranchAttention(
-            [build(embed_dim, cfg) for _ in range(self._branches.attention_branches)], self._branches.branch_dropout
-        )
+    _branches: _BranchSettings
 
     def build_fc1(self, input_dim, output_dim, q_noise, qn_block_size):
         s = self._branches
@@ -222,7 +214,21 @@ class TransformerMBEncoderLayer(transformer_layer.TransformerEncoderLayerBase):
         )
 
 
-class TransformerMBDecoderLayer(transformer_layer.TransformerDecoderLayerBase):
+class TransformerMBEncoderLayer(_BranchedFFN, transformer_layer.TransformerEncoderLayerBase):
+    """fairseq's encoder layer with multi-branch self-attention and FFN."""
+
+    def __init__(self, cfg, return_fc: bool = False) -> None:
+        self._branches = _BranchSettings(cfg, "encoder")
+        super().__init__(cfg, return_fc=return_fc)
+
+    def build_self_attention(self, embed_dim, cfg):
+        build = super().build_self_attention
+        return MultiBranchAttention(
+            [build(embed_dim, cfg) for _ in range(self._branches.attention_branches)], self._branches.branch_dropout
+        )
+
+
+class TransformerMBDecoderLayer(_BranchedFFN, transformer_layer.TransformerDecoderLayerBase):
     """fairseq's decoder layer with multi-branch self-attention, encoder attention and FFN."""
 
     def __init__(
@@ -247,18 +253,6 @@ class TransformerMBDecoderLayer(transformer_layer.TransformerDecoderLayerBase):
         build = super().build_encoder_attention
         return MultiBranchAttention(
             [build(embed_dim, cfg) for _ in range(self._branches.attention_branches)], self._branches.branch_dropout
-        )
-
-    def build_fc1(self, input_dim, output_dim, q_noise, qn_block_size):
-        s = self._branches
-        return BranchedFFNInput(
-            _ffn_branches(s, input_dim, output_dim, q_noise, qn_block_size), s.ffn_branch_dropout, s.join_ffn
-        )
-
-    def build_fc2(self, input_dim, output_dim, q_noise, qn_block_size):
-        s = self._branches
-        return BranchedFFNOutput(
-            _ffn_branches(s, input_dim, output_dim, q_noise, qn_block_size), s.ffn_branch_dropout, s.join_ffn
         )
 
 
