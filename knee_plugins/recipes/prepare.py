@@ -72,7 +72,7 @@ WMT14_SPEC = PreparationSpec(
 DEMO_SPEC = PreparationSpec(
     "de",
     "en",
-    bpe_symbols=8_000,
+    bpe_symbols=2_000,
     lowercase=False,
     aggressive_dash_splits=False,
     normalise_punctuation=False,

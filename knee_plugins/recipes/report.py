@@ -6,8 +6,9 @@ from __future__ import annotations
 import math
 import statistics
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from .results import RunResult, mean_std, read_results_json
 
@@ -21,14 +22,19 @@ def _by_label(results: Sequence[RunResult]) -> dict[str, list[RunResult]]:
 
 def format_table(results: Sequence[RunResult]) -> str:
     """A Markdown table, one row per schedule: test BLEU (tokenised, detokenised), best valid loss
-    and ppl, updates, wall time; mean ± std when there are several seeds."""
+    and ppl, updates, wall time (and the peak LR when the runs recorded it); mean ± std when there
+    are several seeds."""
+    with_lr = any(r.peak_lr is not None for r in results)
     header = ("schedule", "seeds", "BLEU tok", "BLEU detok", "valid loss", "valid ppl", "updates", "wall s")
+    header = header[:2] + ("peak LR",) + header[2:] if with_lr else header
     rows = [header, tuple("---" for _ in header)]
     for label, group in _by_label(results).items():
+        lr = (" / ".join(sorted({f"{r.peak_lr:g}" for r in group if r.peak_lr is not None})) or "-",) if with_lr else ()
         rows.append(
             (
                 label,
                 str(len(group)),
+                *lr,
                 mean_std([r.bleu_tokenized for r in group], 2),
                 mean_std([r.bleu_detokenized for r in group], 2),
                 mean_std([r.best_valid_loss for r in group], 3),
@@ -38,6 +44,75 @@ def format_table(results: Sequence[RunResult]) -> str:
             )
         )
     return "\n".join("| " + " | ".join(row) + " |" for row in rows)
+
+
+def format_examples(results: Sequence[RunResult]) -> str:
+    """The example test translations of every schedule (first seed) beside source and reference."""
+    firsts = [group[0] for group in _by_label(results).values() if group[0].examples]
+    if not firsts:
+        return ""
+    width = max(len(r.label) for r in firsts + [RunResult("reference", 0, 0, 0, 0, 0, [], [])])
+    blocks = []
+    for position, example in enumerate(firsts[0].examples):
+        lines = [
+            f"test sentence {example['id']} (seed {firsts[0].seed})",
+            f"  {'source':<{width}}  {example['source']}",
+        ]
+        lines.append(f"  {'reference':<{width}}  {example['reference']}")
+        lines += [f"  {r.label:<{width}}  {r.examples[position]['hypothesis']}" for r in firsts]
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
+def best_learning_rates(records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """Per schedule, the swept peak LR with the lowest best valid loss."""
+    best: dict[str, Mapping[str, Any]] = {}
+    for record in records:
+        current = best.get(record["schedule"])
+        if current is None or record["best_valid_loss"] < current["best_valid_loss"]:
+            best[record["schedule"]] = record
+    return {schedule: float(record["lr"]) for schedule, record in best.items()}
+
+
+def format_sweep_table(records: Sequence[Mapping[str, Any]]) -> str:
+    """Markdown: one row per schedule, the best valid loss at each swept LR (the chosen one in bold)."""
+    learning_rates = sorted({float(r["lr"]) for r in records})
+    chosen = best_learning_rates(records)
+    header = ("schedule", *(f"lr {lr:g}" for lr in learning_rates), "best LR")
+    rows = [header, tuple("---" for _ in header)]
+    for schedule in dict.fromkeys(r["schedule"] for r in records):
+        losses = {float(r["lr"]): float(r["best_valid_loss"]) for r in records if r["schedule"] == schedule}
+        cells = [
+            "-" if lr not in losses else (f"**{losses[lr]:.3f}**" if lr == chosen[schedule] else f"{losses[lr]:.3f}")
+            for lr in learning_rates
+        ]
+        edge = " (grid edge)" if len(losses) > 1 and chosen[schedule] in (min(losses), max(losses)) else ""
+        rows.append((schedule, *cells, f"{chosen[schedule]:g}{edge}"))
+    return "\n".join("| " + " | ".join(row) + " |" for row in rows)
+
+
+def write_sweep_plot(records: Sequence[Mapping[str, Any]], path: Path) -> Path:
+    """Best valid loss against peak LR (log scale), one line per schedule."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(8, 4.8))
+    for schedule in dict.fromkeys(r["schedule"] for r in records):
+        points = sorted((float(r["lr"]), float(r["best_valid_loss"])) for r in records if r["schedule"] == schedule)
+        axes.plot([lr for lr, _ in points], [loss for _, loss in points], marker="o", label=schedule)
+    axes.set_xscale("log")
+    axes.set_xlabel("peak learning rate")
+    axes.set_ylabel("best valid loss (label-smoothed)")
+    axes.set_title("LR sweep: best valid loss at the demo's budget, seed 1")
+    axes.legend()
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
 
 
 def write_plots(results: Sequence[RunResult], out_dir: Path) -> list[Path]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import statistics
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 
@@ -27,6 +27,8 @@ class RunResult:
     valid_curve: list[tuple[int, float]]
     bleu_tokenized: float | None = None
     bleu_detokenized: float | None = None
+    peak_lr: float | None = None
+    examples: list[dict[str, str]] = field(default_factory=list)
 
 
 def mean_std(values: Sequence[float | None], digits: int) -> str:

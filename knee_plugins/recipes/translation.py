@@ -49,7 +49,8 @@ from .results import RunResult, write_results_json
 
 logger = logging.getLogger(__name__)
 
-SCHEDULES = ("knee", "linear", "cosine", "inverse_sqrt", "one_cycle")
+SCHEDULES = ("knee", "linear", "cosine", "inverse_sqrt", "one_cycle", "wsd")
+OPTIMIZERS = ("radam", "adam")
 BUDGETS = ("full", "short")
 DEMO_RUNS = (
     ("knee", "full"),
@@ -57,6 +58,7 @@ DEMO_RUNS = (
     ("cosine", "full"),
     ("inverse_sqrt", "full"),
     ("one_cycle", "full"),
+    ("wsd", "full"),
     ("knee", "short"),
 )
 
@@ -76,7 +78,11 @@ class TaskRecipe:
     explore: dict[str, float]
     budget_unit: str = "epochs"
     lr: float = 3e-4
+    peak_lr: dict[str, float] = field(default_factory=dict)
+    optimizer: str = "radam"
     betas: tuple[float, float] = (0.9, 0.999)
+    warmup_ratio: float = 0.0
+    wsd_cooldown: float = 0.2
     clip_norm: float = 25.0
     weight_decay: float = 1e-4
     label_smoothing: float = 0.1
@@ -87,6 +93,13 @@ class TaskRecipe:
     model_args: tuple[str, ...] = ()
     extra_args: tuple[str, ...] = ()
     generate_args: tuple[str, ...] = ()
+
+    def lr_of(self, schedule: str) -> float:
+        """The peak LR of ``schedule``: its entry in ``peak_lr`` (the demo's, from its LR sweep), else
+        the paper's (``one_cycle_max_lr`` for one-cycle, ``lr`` for the others)."""
+        if schedule in self.peak_lr:
+            return self.peak_lr[schedule]
+        return self.one_cycle_max_lr if schedule == "one_cycle" else self.lr
 
 
 # The demo's small Transformer and how its runs checkpoint (the MAT demo builds on both).
@@ -99,6 +112,17 @@ DEMO_RUN_ARGS = (
     "--keep-interval-updates", "1", "--no-epoch-checkpoints", "--no-last-checkpoints", "--num-workers", "0",
     "--required-batch-size-multiple", "1",
 )  # fmt: skip
+
+# Each schedule's peak LR for the demo: the best valid loss of its LR sweep at the demo's budget
+# (docs/demo-lr-sweep.md, made by ``--sweep-lr``).
+DEMO_PEAK_LR = {
+    "knee": 2e-3,
+    "linear": 2e-3,
+    "cosine": 2e-3,
+    "inverse_sqrt": 2e-3,
+    "one_cycle": 2e-3,
+    "wsd": 2e-3,
+}
 
 TASKS: dict[str, TaskRecipe] = {
     "iwslt14": TaskRecipe(
@@ -131,15 +155,17 @@ TASKS: dict[str, TaskRecipe] = {
         dropout=0.1,
         tokens_per_update=1024,
         max_tokens_per_gpu=1024,
-        budget={"full": 400, "short": 260},
+        budget={"full": 800, "short": 520},
         explore={"full": 0.5, "short": 0.5},
         budget_unit="updates",
-        lr=1e-2,
-        one_cycle_max_lr=1e-2,
-        inverse_sqrt_warmup=40,
+        lr=2e-3,
+        peak_lr=DEMO_PEAK_LR,
+        optimizer="adam",
+        betas=(0.9, 0.98),
+        warmup_ratio=0.06,
         beam=4,
         model_args=(*DEMO_MODEL_ARGS, "--share-all-embeddings"),
-        extra_args=("--save-interval-updates", "80", *DEMO_RUN_ARGS),
+        extra_args=("--save-interval-updates", "100", *DEMO_RUN_ARGS),
         generate_args=("--max-len-a", "1.2", "--max-len-b", "10"),
     ),
 }
@@ -178,14 +204,20 @@ class RunConfig:
     updates_per_epoch: int | None = None
     cpu: bool = False
     extra: list[str] = field(default_factory=list)
+    lr: float | None = None
+
+    @property
+    def peak_lr(self) -> float:
+        """``lr`` when set (``--lr``, the LR sweep), else the recipe's peak LR for this schedule."""
+        return self.recipe.lr_of(self.schedule) if self.lr is None else self.lr
 
     @property
     def label(self) -> str:
         return self.schedule if self.budget == "full" else f"{self.schedule} ({self.budget})"
 
 
-def _budget_updates(run: RunConfig) -> int:
-    recipe, amount = run.recipe, run.recipe.budget[run.budget]
+def _budget_updates(run: RunConfig, budget: str | None = None) -> int:
+    recipe, amount = run.recipe, run.recipe.budget[budget or run.budget]
     if recipe.budget_unit == "updates":
         return amount
     if run.updates_per_epoch is None:
@@ -196,64 +228,85 @@ def _budget_updates(run: RunConfig) -> int:
     return amount * run.updates_per_epoch
 
 
+def warmup_updates(run: RunConfig) -> int:
+    """The warmup of ``run``: ``warmup_ratio`` of the *full* budget for every schedule but one-cycle
+    (whose rise is its own, ``--pct-start``), the same number of updates at every budget; without a
+    ratio the paper's: none, and ``inverse_sqrt_warmup`` for inverse-sqrt."""
+    if run.recipe.warmup_ratio:
+        return round(run.recipe.warmup_ratio * _budget_updates(run, "full"))
+    return run.recipe.inverse_sqrt_warmup if run.schedule == "inverse_sqrt" else 0
+
+
+def _explore_args(run: RunConfig, fraction: float, warmup: int) -> list[str]:
+    """Explore until ``fraction`` of the budget, counted from the first update (warmup included)."""
+    if run.recipe.budget_unit == "epochs":
+        return ["--explore-epochs", f"{fraction * run.recipe.budget[run.budget]:g}"]
+    explore = round(fraction * _budget_updates(run)) - warmup
+    if explore < 0:
+        raise ValueError(
+            f"the warmup ({warmup} updates) is longer than {run.schedule}'s explore phase "
+            f"({fraction:g} of {_budget_updates(run)} updates)"
+        )
+    return ["--explore-updates", str(explore)]
+
+
 def schedule_args(run: RunConfig) -> list[str]:
-    """The ``--lr-scheduler`` arguments of ``run`` (Knee and one-cycle come from the plugin)."""
-    recipe = run.recipe
-    epochs = recipe.budget_unit == "epochs"
-    if run.schedule == "knee":
-        explore = recipe.explore[run.budget]
-        explore_args = ["--explore-epochs", f"{explore:g}"] if epochs else ["--explore-ratio", f"{explore:g}"]
-        return ["--lr-scheduler", "knee", "--lr", f"{recipe.lr:g}", "--warmup-updates", "0", *explore_args]
+    """The ``--lr-scheduler`` arguments of ``run``. Knee, WSD (Knee's core with a 1-sqrt cooldown
+    over the last ``wsd_cooldown`` of the budget) and one-cycle come from the plugin."""
+    recipe, lr = run.recipe, f"{run.peak_lr:g}"
+    warmup = warmup_updates(run)
     if run.schedule == "one_cycle":
-        return [
-            "--lr-scheduler",
-            "one_cycle",
-            "--lr",
-            f"{recipe.one_cycle_max_lr:g}",
-            "--div-factor",
-            f"{recipe.one_cycle_div_factor:g}",
-        ]
-    total = _budget_updates(run)
-    if run.schedule == "linear":
-        return [
-            "--lr-scheduler",
-            "polynomial_decay",
-            "--lr",
-            f"{recipe.lr:g}",
-            "--power",
-            "1",
-            "--end-learning-rate",
-            "0",
-            "--warmup-updates",
-            "0",
-            "--total-num-update",
-            str(total),
-        ]
-    if run.schedule == "cosine":
-        return [
-            "--lr-scheduler",
-            "cosine",
-            "--lr",
-            f"{recipe.lr:g}",
-            "--warmup-updates",
-            "0",
-            "--min-lr",
-            "0",
-            "--max-update",
-            str(total),
-        ]
+        return ["--lr-scheduler", "one_cycle", "--lr", lr, "--div-factor", f"{recipe.one_cycle_div_factor:g}"]
     if run.schedule == "inverse_sqrt":
         return [
             "--lr-scheduler",
             "inverse_sqrt",
             "--lr",
-            f"{recipe.lr:g}",
+            lr,
             "--warmup-updates",
-            str(recipe.inverse_sqrt_warmup),
+            str(warmup),
             "--warmup-init-lr",
             "1e-07",
         ]
+    if run.schedule == "knee" and recipe.budget_unit == "epochs":
+        # the paper's: explore until epoch E, counted from the first update
+        explore = ["--explore-epochs", f"{recipe.explore[run.budget]:g}"]
+        return ["--lr-scheduler", "knee", "--lr", lr, "--warmup-updates", str(warmup), *explore]
+    if run.schedule == "knee":
+        return ["--lr-scheduler", "knee", "--lr", lr, "--warmup-updates", str(warmup),
+                *_explore_args(run, recipe.explore[run.budget], warmup)]  # fmt: skip
+    if run.schedule == "wsd":
+        explore = _explore_args(run, 1.0 - recipe.wsd_cooldown, warmup)
+        return [
+            "--lr-scheduler",
+            "knee",
+            "--lr",
+            lr,
+            "--warmup-updates",
+            str(warmup),
+            *explore,
+            "--decay-type",
+            "1-sqrt",
+        ]
+    total = _budget_updates(run)
+    if run.schedule == "linear":
+        return [
+            "--lr-scheduler", "polynomial_decay", "--lr", lr, "--power", "1", "--end-learning-rate", "0",
+            "--warmup-updates", str(warmup), "--total-num-update", str(total),
+        ]  # fmt: skip
+    if run.schedule == "cosine":
+        return [
+            "--lr-scheduler", "cosine", "--lr", lr, "--warmup-updates", str(warmup), "--min-lr", "0",
+            "--max-update", str(total),
+        ]  # fmt: skip
     raise ValueError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {run.schedule!r}")
+
+
+def optimizer_args(recipe: TaskRecipe) -> list[str]:
+    if recipe.optimizer not in OPTIMIZERS:
+        raise ValueError(f"the recipe's optimizer must be one of {', '.join(OPTIMIZERS)}, got {recipe.optimizer!r}")
+    betas = f"({recipe.betas[0]:g}, {recipe.betas[1]:g})"
+    return ["--optimizer", recipe.optimizer, f"--{recipe.optimizer}-betas", betas]
 
 
 def train_command(run: RunConfig) -> list[str]:
@@ -273,10 +326,7 @@ def train_command(run: RunConfig) -> list[str]:
         recipe.spec.source_lang,
         "--target-lang",
         recipe.spec.target_lang,
-        "--optimizer",
-        "radam",
-        "--radam-betas",
-        f"({recipe.betas[0]:g}, {recipe.betas[1]:g})",
+        *optimizer_args(recipe),
         "--weight-decay",
         f"{recipe.weight_decay:g}",
         "--clip-norm",
@@ -393,6 +443,11 @@ def run_fairseq_train(
         raise RuntimeError(
             f"fairseq-train failed for {label} (exit {process.returncode}); see {log_path}:\n" + "".join(lines[-20:])
         )
+    return result_from_log(lines, label, seed, wall, log_path)
+
+
+def result_from_log(lines: Sequence[str], label: str, seed: int, wall_seconds: float, log_path: Path) -> RunResult:
+    """The LR curve, the valid curve and the best valid loss of one run, from fairseq's log."""
     records = parse_log(lines)
     if not records["valid"]:
         raise RuntimeError(f"fairseq-train logged no validation for {label}; see {log_path}")
@@ -400,7 +455,29 @@ def run_fairseq_train(
     best = min(records["valid"], key=lambda r: float(r["valid_loss"]))
     lr_curve = [(int(r["num_updates"]), float(r["lr"])) for r in records["train_inner"]]
     updates = max([u for u, _ in valid] + [u for u, _ in lr_curve])
-    return RunResult(label, seed, wall, updates, float(best["valid_loss"]), float(best["valid_ppl"]), lr_curve, valid)
+    return RunResult(
+        label, seed, wall_seconds, updates, float(best["valid_loss"]), float(best["valid_ppl"]), lr_curve, valid
+    )
+
+
+def reuse_sweep_run(run: RunConfig, sweep_dir: Path) -> RunResult | None:
+    """``run``'s result when the LR sweep in ``sweep_dir`` already trained exactly ``run`` (same
+    fairseq-train command but for ``--save-dir``: seed 1 at the full budget and the same peak LR):
+    its log and best checkpoint are copied into ``run.save_dir`` instead of training again."""
+    json_path = sweep_dir / "sweep.json"
+    if not json_path.exists():
+        return None
+    swept = dataclasses.replace(run, save_dir=sweep_dir / f"{run.schedule}-lr{run.peak_lr:g}")
+    command = shlex.join(train_command(swept))
+    record = next((r for r in json.loads(json_path.read_text(encoding="utf-8")) if r["command"] == command), None)
+    if record is None or not (swept.save_dir / "checkpoint_best.pt").exists():
+        return None
+    run.save_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("train.log", "checkpoint_best.pt"):
+        shutil.copyfile(swept.save_dir / name, run.save_dir / name)
+    logger.info("%s seed %d: the LR sweep trained this exact run; reusing %s", run.label, run.seed, swept.save_dir)
+    lines = (run.save_dir / "train.log").read_text(encoding="utf-8").splitlines()
+    return result_from_log(lines, run.label, run.seed, float(record["wall_seconds"]), run.save_dir / "train.log")
 
 
 def score_translations(
@@ -544,7 +621,27 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--heldout-pairs", type=int, default=None, help="demo only: use the first N pairs of valid and of test"
     )
-    parser.add_argument("--bpe-symbols", type=int, default=None, help="demo only: joint BPE merges (default: 8000)")
+    parser.add_argument("--bpe-symbols", type=int, default=None, help="demo only: joint BPE merges (default: 2000)")
+    parser.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="peak LR of every selected schedule (default: the recipe's; for the demo each schedule's "
+        "own, from its LR sweep)",
+    )
+    parser.add_argument(
+        "--sweep-lr",
+        type=float,
+        nargs="+",
+        default=None,
+        metavar="LR",
+        help="instead of the comparison: train every selected schedule (knee at the full budget) at each of "
+        "these peak LRs with seed 1, print and write the table of best valid losses and each schedule's best LR "
+        "(<work-dir>/sweep/sweep.{md,json}); finished runs are reused",
+    )
+    parser.add_argument(
+        "--examples", type=int, default=3, help="test sentences shown translated by every schedule (default: 3)"
+    )
     parser.add_argument("--cpu", action="store_true", help="train on CPU (default when there is no GPU)")
     parser.add_argument("--dry-run", action="store_true", help="print the fairseq-train commands and exit")
     parser.add_argument("--skip-generate", action="store_true", help="do not score the checkpoints on test")
@@ -563,6 +660,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--max-updates, --train-pairs, --heldout-pairs and --bpe-symbols apply to --task demo only")
     if args.max_updates is not None and args.max_updates < 2:
         parser.error(f"--max-updates must be >= 2, got {args.max_updates}")
+    for lr in ([args.lr] if args.lr is not None else []) + (args.sweep_lr or []):
+        if not lr > 0:
+            parser.error(f"--lr and --sweep-lr take peak learning rates > 0, got {lr:g}")
+    if args.lr is not None and args.sweep_lr:
+        parser.error("--lr sets one peak LR for every schedule and --sweep-lr tries several: pass one of them")
+    if args.examples < 0:
+        parser.error(f"--examples must be >= 0, got {args.examples}")
     return args
 
 
@@ -578,18 +682,10 @@ def recipe_for(args: argparse.Namespace) -> TaskRecipe:
         recipe = dataclasses.replace(recipe, spec=dataclasses.replace(recipe.spec, bpe_symbols=args.bpe_symbols))
     if args.max_updates is not None:
         full = args.max_updates
-        short = max(1, round(0.65 * full))
-        warmup = max(1, round(0.1 * full))
-        interval = str(max(1, full // 5))
         extra = list(recipe.extra_args)
-        extra[extra.index("--save-interval-updates") + 1] = interval
-        recipe = TaskRecipe(
-            **{
-                **recipe.__dict__,
-                "budget": {"full": full, "short": short},
-                "inverse_sqrt_warmup": warmup,
-                "extra_args": tuple(extra),
-            }
+        extra[extra.index("--save-interval-updates") + 1] = str(max(1, full // 8))
+        recipe = dataclasses.replace(
+            recipe, budget={"full": full, "short": max(1, round(0.65 * full))}, extra_args=tuple(extra)
         )
     return recipe
 
@@ -666,6 +762,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             updates_per_epoch=args.updates_per_epoch,
             cpu=cpu,
             extra=shlex.split(args.fairseq_args),
+            lr=args.lr,
         )
         for seed in range(1, args.seeds + 1)
         for schedule, budget in selected_runs(args)
@@ -679,19 +776,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         for run in runs:
             run.updates_per_epoch = measured
 
+    if args.sweep_lr:
+        runs = sweep_runs(runs, args.sweep_lr, work_dir / "sweep")
     if args.dry_run:
         for run in runs:
             print(shlex.join(train_command(run)))
         return 0
+    if args.sweep_lr:
+        run_lr_sweep(runs, work_dir / "sweep")
+        return 0
 
+    example_ids = pick_example_ids(raw_test, args.examples)
     results = []
     for index, run in enumerate(runs, 1):
         logger.info("run %d/%d: %s, seed %d", index, len(runs), run.label, run.seed)
-        result = run_training(run)
+        result = reuse_sweep_run(run, work_dir / "sweep") or run_training(run)
         if not args.skip_generate:
             start = time.monotonic()
             result.bleu_tokenized, result.bleu_detokenized = run_generation(run, raw_test)
             logger.info("generated %d test translations in %.0f s", len(raw_test), time.monotonic() - start)
+            result.examples = read_examples(run.save_dir / "generate-test.txt", example_ids, recipe.spec)
+        result.peak_lr = run.peak_lr
         results.append(result)
         write_results_json(results, work_dir / "results.json")
         logger.info(
@@ -703,9 +808,112 @@ def main(argv: Sequence[str] | None = None) -> int:
             result.wall_seconds,
         )
     print(report.format_table(results))
+    examples = report.format_examples(results)
+    if examples:
+        print(examples)
+        (work_dir / "examples.md").write_text(examples + "\n", encoding="utf-8")
     for path in report.write_plots(results, work_dir):
         print(f"wrote {path}")
     return 0
+
+
+# --- the LR sweep -----------------------------------------------------------------------------
+
+
+def sweep_runs(runs: Sequence[RunConfig], learning_rates: Sequence[float], sweep_dir: Path) -> list[RunConfig]:
+    """One seed-1 run per schedule (at the full budget: Knee's short budget uses Knee's LR) and peak LR."""
+    schedules = list(dict.fromkeys(run.schedule for run in runs))
+    template = runs[0]
+    return [
+        dataclasses.replace(
+            template, schedule=schedule, budget="full", seed=1, lr=lr, save_dir=sweep_dir / f"{schedule}-lr{lr:g}"
+        )
+        for schedule in schedules
+        for lr in learning_rates
+    ]
+
+
+def run_lr_sweep(runs: Sequence[RunConfig], sweep_dir: Path) -> dict[str, float]:
+    """The demo's LR protocol: train every (schedule, peak LR) of ``runs`` for the whole budget and pick,
+    per schedule, the peak LR with the lowest best valid loss (the checkpoint the demo scores). Writes
+    ``sweep.json`` after every run (a rerun reuses runs whose exact command is recorded), ``sweep.md``
+    and ``sweep.png``; returns the chosen LR per schedule."""
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    json_path = sweep_dir / "sweep.json"
+    done = {r["command"]: r for r in json.loads(json_path.read_text(encoding="utf-8"))} if json_path.exists() else {}
+    records = []
+    for index, run in enumerate(runs, 1):
+        command = shlex.join(train_command(run))
+        if command in done:
+            logger.info("sweep %d/%d: %s at lr %g already trained", index, len(runs), run.schedule, run.peak_lr)
+            records.append(done[command])
+            continue
+        logger.info("sweep %d/%d: %s at lr %g", index, len(runs), run.schedule, run.peak_lr)
+        result = run_training(run)
+        records.append(
+            {
+                "schedule": run.schedule,
+                "lr": run.peak_lr,
+                "updates": result.updates,
+                "best_valid_loss": result.best_valid_loss,
+                "last_valid_loss": result.valid_curve[-1][1],
+                "wall_seconds": result.wall_seconds,
+                "command": command,
+            }
+        )
+        json_path.write_text(json.dumps(records, indent=1) + "\n", encoding="utf-8")
+    json_path.write_text(json.dumps(records, indent=1) + "\n", encoding="utf-8")
+    chosen = report.best_learning_rates(records)
+    table = report.format_sweep_table(records)
+    (sweep_dir / "sweep.md").write_text(table + "\n", encoding="utf-8")
+    print(table)
+    print("best peak LR per schedule: " + json.dumps(chosen))
+    print(f"wrote {report.write_sweep_plot(records, sweep_dir / 'sweep.png')}")
+    return chosen
+
+
+# --- example translations ---------------------------------------------------------------------
+
+
+def pick_example_ids(references: Sequence[str], count: int) -> list[int]:
+    """``count`` test sentences spread over the test set, each with a 6-16 word reference."""
+    candidates = [i for i, line in enumerate(references) if 6 <= len(line.split()) <= 16] or list(
+        range(len(references))
+    )
+    if count <= 0 or not candidates:
+        return []
+    count = min(count, len(candidates))
+    return [candidates[k * len(candidates) // count] for k in range(count)]
+
+
+def read_examples(generate_output: Path, ids: Sequence[int], spec: prepare.PreparationSpec) -> list[dict[str, str]]:
+    """Source, reference and hypothesis (Moses-detokenised) of the test sentences ``ids`` from a
+    ``fairseq-generate`` output."""
+    from sacremoses import MosesDetokenizer
+
+    wanted = set(ids)
+    fields: dict[int, dict[str, str]] = {i: {} for i in ids}
+    for line in generate_output.read_text(encoding="utf-8").splitlines():
+        kind, _, rest = line.partition("-")
+        if kind in ("S", "T", "H") and "\t" in rest:
+            index, *values = rest.split("\t")
+            if int(index) in wanted:
+                fields[int(index)][kind] = values[-1]
+    detokenize = {
+        "S": MosesDetokenizer(lang=spec.source_lang).detokenize,
+        "T": MosesDetokenizer(lang=spec.target_lang).detokenize,
+        "H": MosesDetokenizer(lang=spec.target_lang).detokenize,
+    }
+    return [
+        {
+            "id": str(i),
+            **{
+                name: detokenize[kind](fields[i].get(kind, "").split())
+                for kind, name in (("S", "source"), ("T", "reference"), ("H", "hypothesis"))
+            },
+        }
+        for i in ids
+    ]
 
 
 def _has_cuda() -> bool:

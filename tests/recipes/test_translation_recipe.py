@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import shlex
+from pathlib import Path
 
 import pytest
 
@@ -108,15 +109,62 @@ def test_schedules_and_budgets(capsys, task, budget):
     assert value(by_schedule["inverse_sqrt"], "--lr-scheduler") == "inverse_sqrt"
 
 
-def test_demo_default_runs_the_paper_comparison(capsys):
+def test_demo_default_runs_the_comparison_each_schedule_at_its_own_lr(capsys):
     commands = dry_run(capsys, "--task", "demo")
+    recipe = translation.TASKS["demo"]
     schedulers = [value(c, "--lr-scheduler") for c in commands]
-    assert schedulers == ["knee", "polynomial_decay", "cosine", "inverse_sqrt", "one_cycle", "knee"]
+    assert schedulers == ["knee", "polynomial_decay", "cosine", "inverse_sqrt", "one_cycle", "knee", "knee"]
     budgets = [int(value(c, "--max-update")) for c in commands]
-    assert budgets[:5] == [budgets[0]] * 5 and budgets[5] == round(0.65 * budgets[0])
+    assert budgets[:6] == [800] * 6 and budgets[6] == round(0.65 * 800)
     assert {value(c, "--seed") for c in commands} == {"1"}
     assert {value(c, "--max-tokens") for c in commands} == {"1024"}
-    assert {float(value(c, "--lr")) for c in commands} == {translation.TASKS["demo"].lr}
+    assert {value(c, "--optimizer") for c in commands} == {"adam"}
+    assert {value(c, "--adam-betas") for c in commands} == {"(0.9, 0.98)"}
+    schedules = ["knee", "linear", "cosine", "inverse_sqrt", "one_cycle", "wsd", "knee"]
+    assert [float(value(c, "--lr")) for c in commands] == [recipe.lr_of(s) for s in schedules]
+    # the same warmup (6% of the full budget) for all but one-cycle, whose rise is its own --pct-start
+    warmups = [value(c, "--warmup-updates") if "--warmup-updates" in c else None for c in commands]
+    assert warmups == ["48", "48", "48", "48", None, "48", "48"]
+    knee, wsd, knee_short = commands[0], commands[5], commands[6]
+    assert int(value(knee, "--explore-updates")) == 400 - 48 and "--decay-type" not in knee
+    assert int(value(wsd, "--explore-updates")) == 640 - 48 and value(wsd, "--decay-type") == "1-sqrt"
+    assert int(value(knee_short, "--explore-updates")) == 260 - 48
+
+
+def test_lr_and_sweep_flags(capsys):
+    commands = dry_run(capsys, "--task", "demo", "--schedule", "knee", "cosine", "--lr", "5e-4")
+    assert [float(value(c, "--lr")) for c in commands] == [5e-4, 5e-4]
+    commands = dry_run(capsys, "--task", "demo", "--schedule", "knee", "wsd", "--sweep-lr", "1e-3", "4e-3")
+    assert [(value(c, "--lr-scheduler"), float(value(c, "--lr"))) for c in commands] == [
+        ("knee", 1e-3), ("knee", 4e-3), ("knee", 1e-3), ("knee", 4e-3)
+    ]  # fmt: skip
+    assert [Path(value(c, "--save-dir")).name for c in commands] == ["knee-lr0.001", "knee-lr0.004", "wsd-lr0.001",
+                                                                     "wsd-lr0.004"]  # fmt: skip
+    for argv, message in (
+        (["--lr", "0"], "--lr and --sweep-lr take peak learning rates > 0"),
+        (["--sweep-lr", "1e-3", "-1"], "--lr and --sweep-lr take peak learning rates > 0"),
+        (["--lr", "1e-3", "--sweep-lr", "1e-3"], "pass one of them"),
+        (["--examples", "-1"], "--examples must be >= 0"),
+    ):
+        with pytest.raises(SystemExit):
+            translation.parse_args(["--task", "demo", *argv])
+        assert message in capsys.readouterr().err
+
+
+def test_paper_tasks_keep_radam_and_no_warmup(capsys):
+    (knee,) = dry_run(capsys, "--task", "iwslt14", "--schedule", "knee")
+    assert value(knee, "--optimizer") == "radam" and value(knee, "--radam-betas") == "(0.9, 0.999)"
+    (wsd,) = dry_run(capsys, "--task", "iwslt14", "--schedule", "wsd")
+    assert float(value(wsd, "--explore-epochs")) == 0.8 * 50 and value(wsd, "--decay-type") == "1-sqrt"
+    assert value(wsd, "--warmup-updates") == "0"
+
+
+def test_example_ids_are_spread_and_of_readable_length():
+    references = ["short"] * 10 + ["a sentence of exactly seven words here"] * 30 + ["x " * 40] * 5
+    ids = translation.pick_example_ids(references, 3)
+    assert ids == [10, 20, 30]
+    assert translation.pick_example_ids(references, 0) == []
+    assert translation.pick_example_ids(["one two"], 3) == [0]
 
 
 def test_plan_batches_keeps_tokens_per_update():
