@@ -1,13 +1,50 @@
-"""The HF demo end to end at a tiny size: real MiniLM, real KJV verses, a real Trainer per schedule."""
+"""The HF demo: every method end to end at a tiny size through a real Trainer (real MiniLM, real KJV verses),
+each method's LR against its reference at every step, the LR sweep's choice, and the argument checks."""
 
 import json
+import math
+from dataclasses import asdict
 
 import pytest
+import torch
+from schedulefree import AdamWScheduleFree
+from transformers import (
+    TrainingArguments,
+    get_cosine_schedule_with_warmup,
+    get_linear_schedule_with_warmup,
+    get_wsd_schedule,
+)
 
 from knee_plugins.recipes.hf_data import SECTION_NAMES, kjv_verses, split_verses
-from knee_plugins.recipes.hf_demo import main
+from knee_plugins.recipes.hf_demo import METHODS, main, parse_args, trainer_warmup_steps
+from knee_plugins.schedule import KneeSchedule, knee_factor
 
-pytestmark = pytest.mark.slow
+TINY = ["--eval-examples", "16", "--train-examples", "96", "--batch-size", "4", "--max-length", "16"]
+STEPS, WARMUP_FRACTION, PEAK_LR = 10, 0.3, 1e-3  # warmup 3, Knee explore 5 / decay 2, WSD cooldown 2
+
+
+def reference_factors(method: str) -> list[float]:
+    """The LR multiplier of updates 1..STEPS by the method's own definition (transformers', or the Knee core)."""
+    warmup = math.ceil(STEPS * WARMUP_FRACTION)
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    if method == "knee":
+        schedule = KneeSchedule(STEPS, warmup_steps=warmup, explore_steps=STEPS // 2)
+        return [knee_factor(step, **asdict(schedule)) for step in range(STEPS)]
+    if method == "linear":
+        scheduler = get_linear_schedule_with_warmup(optimizer, warmup, STEPS)
+    elif method == "cosine":
+        scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, STEPS)
+    elif method == "wsd":
+        scheduler = get_wsd_schedule(
+            optimizer, warmup, num_decay_steps=2, num_training_steps=STEPS, decay_type="1-sqrt"
+        )
+    else:  # schedule_free: the Trainer's scheduler is constant; the optimizer warms up itself
+        return [1.0] * STEPS
+    return [scheduler.lr_lambdas[0](step) for step in range(STEPS)]
+
+
+def ordered(lrs: dict) -> list[float]:
+    return [lrs[step] for step in sorted(lrs, key=int)]
 
 
 def test_offline_data_is_the_whole_bible_with_six_sections():
@@ -19,34 +56,102 @@ def test_offline_data_is_the_whole_bible_with_six_sections():
     assert len(train) + len(held_out) == len(verses) and not set(map(id, train)) & set(map(id, held_out))
 
 
-def test_demo_writes_table_plots_and_results(tmp_path, capsys):
-    results = main(
-        [
-            "--output-dir",
-            str(tmp_path),
-            "--max-steps",
-            "6",
-            "--eval-every",
-            "3",
-            "--eval-examples",
-            "16",
-            "--train-examples",
-            "96",
-            "--batch-size",
-            "4",
-            "--max-length",
-            "16",
-        ]
-    )
-    lines = capsys.readouterr().out.splitlines()
-    header = next(i for i, line in enumerate(lines) if line.startswith("schedule "))
-    assert [line.split()[:3] for line in lines[header + 2 : header + 4]] == [["knee", "1", "6"], ["linear", "1", "6"]]
-    assert {r["schedule"]: r["steps"] for r in results} == {"knee": 6, "linear": 6}
-    knee = next(r for r in results if r["schedule"] == "knee")
-    linear = next(r for r in results if r["schedule"] == "linear")
-    # warmup 0.1 of 6 -> 1 step; Knee explores steps 1..3 at the seed LR while linear already decays
-    assert [round(knee["learning_rates"][s] / 1e-4, 6) for s in range(1, 7)] == [0.0, 1.0, 1.0, 1.0, 1.0, 0.5]
-    assert [round(linear["learning_rates"][s] / 1e-4, 6) for s in range(1, 7)] == [0.0, 1.0, 0.8, 0.6, 0.4, 0.2]
+@pytest.mark.slow
+def test_every_method_trains_and_follows_its_reference_schedule(tmp_path, capsys):
+    args = ["--output-dir", str(tmp_path), "--max-steps", str(STEPS), "--eval-every", "5", "--seeds", "1"]
+    args += ["--warmup-steps", str(WARMUP_FRACTION), "--learning-rate", str(PEAK_LR), *TINY]
+    results = main(args)
+    output = capsys.readouterr().out.splitlines()
+    header = next(i for i, line in enumerate(output) if line.startswith("method "))
+    assert [line.split()[:4] for line in output[header + 2 : header + 7]] == [
+        [method, "1", str(STEPS), f"{PEAK_LR:g}"] for method in METHODS
+    ]
+    by_method = {r["method"]: r for r in results}
+    assert list(by_method) == list(METHODS)
+    for method, result in by_method.items():
+        assert result["steps"] == STEPS and [e["step"] for e in result["evaluations"]] == [5, 10], method
+        assert math.isfinite(result["eval_loss"]) and 0 <= result["eval_accuracy"] <= 1, method
+        expected = [PEAK_LR * factor for factor in reference_factors(method)]
+        assert ordered(result["scheduler_lrs"]) == pytest.approx(expected, rel=1e-9, abs=1e-15), method
+    # the Knee and WSD runs really explore/hold at the peak, unlike linear and cosine
+    assert ordered(by_method["knee"]["scheduler_lrs"])[3:8] == pytest.approx([PEAK_LR] * 5)
+    assert ordered(by_method["wsd"]["scheduler_lrs"])[3:9] == pytest.approx([PEAK_LR] * 6)
+
+    schedule_free = by_method["schedule_free"]
+    assert schedule_free["optimizer"] == f"{AdamWScheduleFree.__module__}.{AdamWScheduleFree.__qualname__}"
+    assert {r["optimizer"] for m, r in by_method.items() if m != "schedule_free"} == {"torch.optim.adamw.AdamW"}
+    # schedulefree's own warmup, lr * min(1, (k + 1) / W) at its update k, applied inside the optimizer
+    warmup = math.ceil(STEPS * WARMUP_FRACTION)
+    applied = [PEAK_LR * min(1.0, (k + 1) / warmup) for k in range(STEPS)]
+    assert ordered(schedule_free["optimizer_lrs"]) == pytest.approx(applied, rel=1e-9)
+    assert ordered(by_method["cosine"]["optimizer_lrs"]) == ordered(by_method["cosine"]["scheduler_lrs"])
+
     for name in ("lr.png", "eval.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
-    assert len(json.loads((tmp_path / "results.json").read_text())) == 2
+    assert (tmp_path / "table.md").read_text().startswith("| method | runs | steps | peak LR |")
+    assert len(json.loads((tmp_path / "results.json").read_text())) == len(METHODS)
+
+
+@pytest.mark.slow
+def test_sweep_chooses_each_methods_lowest_validation_loss(tmp_path, capsys):
+    grid = [1e-5, 3e-3]
+    args = ["--output-dir", str(tmp_path), "--max-steps", "4", "--eval-every", "4", "--methods", "linear", "wsd"]
+    sweep = main([*args, "--sweep-lr", *map(str, grid), *TINY])
+    saved = json.loads((tmp_path / "sweep.json").read_text())
+    assert saved["chosen_learning_rates"] == sweep["chosen_learning_rates"]
+    runs = saved["runs"]
+    assert sorted((r["method"], r["learning_rate"]) for r in runs) == sorted(
+        (m, lr) for m in ("linear", "wsd") for lr in grid
+    )
+    for method in ("linear", "wsd"):
+        losses = {r["learning_rate"]: r["eval_loss"] for r in runs if r["method"] == method}
+        assert losses[grid[0]] != losses[grid[1]]
+        assert saved["chosen_learning_rates"][method] == min(losses, key=losses.get)
+    table = (tmp_path / "sweep.md").read_text().splitlines()
+    assert table[0] == "| method | LR 1e-05 | LR 0.003 | chosen LR |"
+    for line in table[2:]:
+        method = line.split("|")[1].strip()
+        chosen = saved["chosen_learning_rates"][method]
+        bold = [i for i, cell in enumerate(line.split("|")[2:4]) if cell.strip().startswith("**")]
+        assert [grid[i] for i in bold] == [chosen] and line.split("|")[4].strip().startswith(f"{chosen:g}")
+    assert f"DEFAULT_LEARNING_RATES = {json.dumps(saved['chosen_learning_rates'])}" in capsys.readouterr().out
+
+
+def test_dry_run_prints_the_plan_without_data(capsys):
+    assert main(["--dry-run", "--max-steps", "100", "--warmup-steps", "0.05", "--learning-rate", "2e-4"]) is None
+    plan = capsys.readouterr().out
+    assert "100 optimizer steps" in plan and "warmup 5 steps" in plan and "15 runs" in plan
+    assert "explore 50, linear decay 45" in plan and "stable 75, 1-sqrt cooldown 20" in plan
+    assert plan.count("peak LR 0.0002") == len(METHODS)
+    main(["--dry-run", "--sweep-lr", "1e-4", "3e-4", "1e-3"])
+    assert "15 runs" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("steps", "fraction"), [(60, 0.1), (7, 0.3), (10, 0.0), (100, 12.0)])
+def test_warmup_steps_are_the_trainers(steps, fraction):
+    trainer_rule = TrainingArguments(output_dir="unused", warmup_steps=fraction).get_warmup_steps(steps)
+    assert trainer_warmup_steps(fraction, steps) == trainer_rule
+
+
+@pytest.mark.parametrize(
+    ("argv", "option"),
+    [
+        (["--seeds", "0"], "--seeds"),
+        (["--max-steps", "0"], "--max-steps"),
+        (["--learning-rate", "-1e-4"], "--learning-rate"),
+        (["--sweep-lr", "1e-4", "0"], "--sweep-lr"),
+        (["--sweep-lr", "1e-4", "1e-4"], "--sweep-lr"),
+        (["--sweep-lr", "1e-4", "--learning-rate", "1e-4"], "--sweep-lr"),
+        (["--sweep-lr", "1e-4", "--seeds", "3"], "--seeds"),
+        (["--explore-ratio", "1.5"], "--explore-ratio"),
+        (["--explore-ratio", "0.95"], "--explore-ratio"),
+        (["--wsd-cooldown-ratio", "0.95"], "--wsd-cooldown-ratio"),
+        (["--warmup-steps", "2.5"], "--warmup-steps"),
+        (["--methods", "adafactor"], "--methods"),
+    ],
+)
+def test_bad_arguments_name_the_option(argv, option, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(argv)
+    assert exit_info.value.code == 2
+    assert option in capsys.readouterr().err
