@@ -838,22 +838,32 @@ def sweep_runs(runs: Sequence[RunConfig], learning_rates: Sequence[float], sweep
     ]
 
 
+MAX_SWEEP_WIDENINGS = 3
+
+
 def run_lr_sweep(runs: Sequence[RunConfig], sweep_dir: Path) -> dict[str, float]:
     """The demo's LR protocol: train every (schedule, peak LR) of ``runs`` for the whole budget and pick,
-    per schedule, the peak LR with the lowest best valid loss (the checkpoint the demo scores). Writes
-    ``sweep.json`` after every run (a rerun reuses runs whose exact command is recorded), ``sweep.md``
-    and ``sweep.png``; returns the chosen LR per schedule."""
+    per schedule, the peak LR with the lowest best valid loss (the checkpoint the demo scores). A winner
+    on the edge of the grid is not trusted: that schedule is trained one grid step further out (the
+    grid's ratio, e.g. x2) until its winner is inside its own grid (at most ``MAX_SWEEP_WIDENINGS``
+    steps). Writes ``sweep.json`` after every run (a rerun reuses runs whose exact command is recorded;
+    other schedules' records are kept), ``sweep.md`` and ``sweep.png``; returns the chosen LR per schedule."""
     sweep_dir.mkdir(parents=True, exist_ok=True)
     json_path = sweep_dir / "sweep.json"
-    done = {r["command"]: r for r in json.loads(json_path.read_text(encoding="utf-8"))} if json_path.exists() else {}
-    records = []
-    for index, run in enumerate(runs, 1):
+    previous = json.loads(json_path.read_text(encoding="utf-8")) if json_path.exists() else []
+    done = {r["command"]: r for r in previous}
+    swept = {run.schedule for run in runs}
+    records = [r for r in previous if r["schedule"] not in swept]
+    learning_rates = sorted({run.peak_lr for run in runs})
+    ratio = learning_rates[-1] / learning_rates[-2] if len(learning_rates) > 1 else 2.0
+
+    def train(run: RunConfig, position: str) -> None:
         command = shlex.join(train_command(run))
         if command in done:
-            logger.info("sweep %d/%d: %s at lr %g already trained", index, len(runs), run.schedule, run.peak_lr)
+            logger.info("sweep %s: %s at lr %g already trained", position, run.schedule, run.peak_lr)
             records.append(done[command])
-            continue
-        logger.info("sweep %d/%d: %s at lr %g", index, len(runs), run.schedule, run.peak_lr)
+            return
+        logger.info("sweep %s: %s at lr %g", position, run.schedule, run.peak_lr)
         result = run_training(run)
         records.append(
             {
@@ -867,6 +877,20 @@ def run_lr_sweep(runs: Sequence[RunConfig], sweep_dir: Path) -> dict[str, float]
             }
         )
         json_path.write_text(json.dumps(records, indent=1) + "\n", encoding="utf-8")
+
+    for index, run in enumerate(runs, 1):
+        train(run, f"{index}/{len(runs)}")
+    if len(learning_rates) > 1:
+        for template in {run.schedule: run for run in runs}.values():
+            for widening in range(1, MAX_SWEEP_WIDENINGS + 1):
+                tried = sorted(float(r["lr"]) for r in records if r["schedule"] == template.schedule)
+                best = report.best_learning_rates([r for r in records if r["schedule"] == template.schedule])
+                lr = best[template.schedule]
+                if tried[0] < lr < tried[-1]:
+                    break
+                wider = float(f"{lr * ratio if lr == tried[-1] else lr / ratio:.3g}")
+                save_dir = template.save_dir.parent / f"{template.schedule}-lr{wider:g}"
+                train(dataclasses.replace(template, lr=wider, save_dir=save_dir), f"widening {widening}")
     json_path.write_text(json.dumps(records, indent=1) + "\n", encoding="utf-8")
     chosen = report.best_learning_rates(records)
     table = report.format_sweep_table(records)

@@ -149,29 +149,33 @@ def test_tiny_demo_runs_every_schedule_with_its_reference_lr(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_tiny_lr_sweep_picks_each_schedules_best_and_reuses_finished_runs(tmp_path, capsys):
-    argv = [*TINY_DEMO, "--work-dir", str(tmp_path), "--schedule", "knee", "linear", "--sweep-lr", "3e-4", "3e-3",
+def test_tiny_lr_sweep_picks_the_best_widens_an_edge_winner_and_reuses_runs(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(translation, "MAX_SWEEP_WIDENINGS", 1)
+    argv = [*TINY_DEMO, "--work-dir", str(tmp_path), "--schedule", "knee", "--sweep-lr", "3e-4", "3e-3",
             "--fairseq-args", "--save-interval-updates 7"]  # fmt: skip
     assert translation.main(argv) == 0
     out = capsys.readouterr().out
     records = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
-    assert [(r["schedule"], r["lr"]) for r in records] == [("knee", 3e-4), ("knee", 3e-3), ("linear", 3e-4),
-                                                           ("linear", 3e-3)]  # fmt: skip
+    # two grid points: the winner is on an edge, so the grid is widened by one step (its ratio, x10) that way
+    assert [r["lr"] for r in records[:2]] == [3e-4, 3e-3] and len(records) == 3
+    grid_best = min(records[:2], key=lambda r: r["best_valid_loss"])["lr"]
+    assert records[2]["lr"] == pytest.approx(3e-2 if grid_best == 3e-3 else 3e-5)
     for record in records:
-        log = (tmp_path / "sweep" / f"{record['schedule']}-lr{record['lr']:g}" / "train.log").read_text()
+        log = (tmp_path / "sweep" / f"knee-lr{record['lr']:g}" / "train.log").read_text()
         losses = [json.loads(line.split("| valid | ", 1)[1])["valid_loss"] for line in log.splitlines()
                   if "| valid | " in line]  # fmt: skip
         assert record["best_valid_loss"] == float(min(losses, key=float)) and record["updates"] == UPDATES
         assert f"--lr {record['lr']:g} " in record["command"]
-    best = {s: min((r for r in records if r["schedule"] == s), key=lambda r: r["best_valid_loss"])["lr"]
-            for s in ("knee", "linear")}  # fmt: skip
-    assert f"best peak LR per schedule: {json.dumps(best)}" in out
-    table = (tmp_path / "sweep" / "sweep.md").read_text()
-    assert table.splitlines()[0] == "| schedule | lr 0.0003 | lr 0.003 | best LR |"
-    for schedule, lr in best.items():
-        row = next(line for line in table.splitlines() if line.startswith(f"| {schedule} |"))
-        chosen = next(r for r in records if r["schedule"] == schedule and r["lr"] == lr)
-        assert f"**{chosen['best_valid_loss']:.3f}**" in row and row.endswith(f"| {lr:g} (grid edge) |")
+    chosen = min(records, key=lambda r: r["best_valid_loss"])
+    assert f'best peak LR per schedule: {{"knee": {chosen["lr"]}}}' in out
+    table = (tmp_path / "sweep" / "sweep.md").read_text().splitlines()
+    assert (
+        table[0]
+        == "| schedule | " + " | ".join(f"lr {lr:g}" for lr in sorted(r["lr"] for r in records)) + " | best LR |"
+    )
+    assert f"**{chosen['best_valid_loss']:.3f}**" in table[2]
+    edge = chosen["lr"] in (min(r["lr"] for r in records), max(r["lr"] for r in records))
+    assert table[2].endswith(f"| {chosen['lr']:g}{' (grid edge)' if edge else ''} |")
     assert (tmp_path / "sweep" / "sweep.png").read_bytes()[:4] == b"\x89PNG"
 
     before = {path: path.stat().st_mtime_ns for path in (tmp_path / "sweep").glob("*/train.log")}
@@ -180,15 +184,18 @@ def test_tiny_lr_sweep_picks_each_schedules_best_and_reuses_finished_runs(tmp_pa
     assert json.loads((tmp_path / "sweep" / "sweep.json").read_text()) == records
 
     # the demo's seed-1 run at a swept LR is the sweep's run: reused (copied), not trained again
-    chosen_dir = tmp_path / "sweep" / f"knee-lr{best['knee']:g}"
-    demo = [*argv[: argv.index("--schedule")], "--schedule", "knee", "--lr", f"{best['knee']:g}", "--fairseq-args",
-            "--save-interval-updates 7"]  # fmt: skip
+    demo = [
+        *argv[: argv.index("--sweep-lr")],
+        "--lr",
+        f"{chosen['lr']:g}",
+        "--fairseq-args",
+        "--save-interval-updates 7",
+    ]
     assert translation.main(demo) == 0
     assert (tmp_path / "checkpoints" / "knee-full-seed1" / "train.log").read_text() == (
-        chosen_dir / "train.log"
+        tmp_path / "sweep" / f"knee-lr{chosen['lr']:g}" / "train.log"
     ).read_text()
     (result,) = json.loads((tmp_path / "results.json").read_text())
-    chosen = next(r for r in records if r["schedule"] == "knee" and r["lr"] == best["knee"])
     assert result["best_valid_loss"] == chosen["best_valid_loss"] and result["wall_seconds"] == chosen["wall_seconds"]
     assert result["bleu_tokenized"] is not None
 
