@@ -14,9 +14,10 @@ optimizer differs:
   "decay_type": "1-sqrt"}`` (transformers' own ``get_wsd_schedule``): constant after warmup, then the
   cooldown ``1 - sqrt(p)`` of Hägele et al. (2024) over the last ``D = round(0.2 T)`` steps.
 - ``schedule_free``: ``optim="schedule_free_adamw"`` (``schedulefree.AdamWScheduleFree``, Defazio et al.
-  2024) with ``lr_scheduler_type="constant"``, as schedulefree's docs recommend: the Trainer hands ``W``
-  to the optimizer, which warms up itself (``lr * min(1, (k + 1) / W)`` at its update ``k``), so the
-  scheduler's LR stays at the peak; the Trainer switches the optimizer's train/eval modes itself.
+  2024) with ``lr_scheduler_type="constant"``: schedulefree's README needs no scheduler and recommends its
+  own warmup (``warmup_steps``). The Trainer hands ``W`` to the optimizer, which warms up itself
+  (``lr * min(1, (k + 1) / W)`` at its update ``k``), so the scheduler's LR stays at the peak; the Trainer
+  switches the optimizer's train/eval modes itself.
 
 Fair peak LR (``--sweep-lr LR [LR ...]``): every selected method trains once at every LR of the grid,
 with seed 0 and the demo's data, budget, warmup and batch, and is scored by its held-out loss after the
@@ -68,7 +69,7 @@ METHODS = ("knee", "linear", "cosine", "wsd", "schedule_free")
 
 # Each method's peak LR for the demo: the winner of its ``--sweep-lr`` run at the demo's defaults
 # (scripts/hf_demo/README.md). Until that sweep is committed these are the previous demo's 1e-4 for the
-# AdamW schedules and schedulefree's advice of a few times the AdamW LR for schedule_free.
+# AdamW schedules and, for schedule_free, 3x that (schedulefree's README: 1x-10x the scheduled AdamW LR).
 DEFAULT_LEARNING_RATES: dict[str, float] = {
     "knee": 1e-4,
     "linear": 1e-4,
@@ -338,24 +339,23 @@ def plot(results: Sequence[dict[str, Any]], methods: Sequence[str], output_dir: 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(figsize=(8, 4))
+    figure, axes = plt.subplots(figsize=(11, 4))
     for method in methods:
         first = min((r for r in results if r["method"] == method), key=lambda r: r["seed"])
         steps, lrs = zip(*sorted(first["scheduler_lrs"].items()), strict=True)
-        label = method
+        label = "schedule_free (scheduler: constant)" if method == "schedule_free" else method
+        axes.plot(steps, lrs, label=label, color=COLOURS[method])
         if method == "schedule_free":
-            label = "schedule_free (scheduler: constant)"
             applied_steps, applied = zip(*sorted(first["optimizer_lrs"].items()), strict=True)
             axes.plot(
                 applied_steps,
                 applied,
                 color=COLOURS[method],
                 linestyle="--",
-                label="schedule_free (applied by the optimizer: its own warmup)",
+                label="schedule_free (applied inside the optimizer,\nwith its own warmup)",
             )
-        axes.plot(steps, lrs, label=label, color=COLOURS[method])
-    axes.set(xlabel="optimizer step", ylabel="learning rate", title="LR of each optimizer step (Trainer's scheduler)")
-    axes.legend(fontsize="small")
+    axes.set(xlabel="optimizer step", ylabel="peak LR x schedule", title="LR of each optimizer step (seed 0)")
+    axes.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     figure.tight_layout()
     lr_path = output_dir / "lr.png"
     figure.savefig(lr_path, dpi=120)
