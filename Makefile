@@ -1,6 +1,6 @@
 # Everything a new user needs, from nothing but Python 3.11 and the package registries:
-#   make demo   the main job: Knee against the baselines on the embedded De-En corpus (table + PNGs)
-#   make demo-hf  Knee against linear decay with a stock HuggingFace Trainer (table + PNGs)
+#   make demo   the main job: Knee against the baselines on the embedded De-En corpus, each at its swept peak LR (table, examples, PNGs)
+#   make demo-hf  Knee against linear, cosine, WSD (1-sqrt) and schedule-free AdamW with a stock HuggingFace Trainer (3 seeds, table + PNGs)
 #   make test   lint, types and the whole test suite (what CI runs)
 PYTHON ?= python3.11
 VENV ?= .venv
@@ -32,7 +32,7 @@ demo: $(STAMP)
 	$(BIN)/python -m knee_plugins.recipes.translation --task demo
 
 demo-hf: $(STAMP)
-	$(BIN)/python scripts/hf_demo/knee_vs_linear.py --output-dir outputs/hf_demo
+	$(BIN)/python scripts/hf_demo/compare.py --output-dir outputs/hf_demo
 
 # ruff (lint + format) and mypy on the library, configured in pyproject.toml; `ruff format .` fixes the layout.
 lint: $(STAMP)
