@@ -9,7 +9,7 @@ PIP := $(BIN)/python -m pip
 CONSTRAINTS := requirements/constraints.txt
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo demo-hf lint test test-fast bench constraints clean
+.PHONY: venv demo demo-hf lint test test-fast bench bench-budget constraints clean
 
 venv: $(STAMP)
 
@@ -48,6 +48,10 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_schedulers.py
+
+# the paper's budget question (Table 8) on the demo: hours on 2 CPU cores (docs/benchmarks.md)
+bench-budget: $(STAMP)
+	$(BIN)/python benchmarks/budget.py --max-updates 8000 --seeds 1 --work-dir runs/budget
 
 constraints:
 	{ head -3 $(CONSTRAINTS); { $(PIP) freeze --exclude-editable | grep -v -i -E '^(knee|torch==|#)'; echo torch==2.13.0; } | sort -f; } > $(CONSTRAINTS).new

@@ -121,12 +121,12 @@ DEMO_RUN_ARGS = (
 # Each schedule's peak LR for the demo: the best valid loss of its LR sweep at the demo's budget
 # (docs/demo-lr-sweep.md, made by ``--sweep-lr``).
 DEMO_PEAK_LR = {
-    "knee": 2e-3,
-    "linear": 2e-3,
-    "cosine": 2e-3,
-    "inverse_sqrt": 2e-3,
-    "one_cycle": 2e-3,
-    "wsd": 2e-3,
+    "knee": 0.002,
+    "linear": 0.002,
+    "cosine": 0.002,
+    "inverse_sqrt": 0.004,
+    "one_cycle": 0.004,
+    "wsd": 0.002,
 }
 
 TASKS: dict[str, TaskRecipe] = {
