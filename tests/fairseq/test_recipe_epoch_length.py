@@ -2,6 +2,8 @@
 scheduler uses (one function, ``knee_plugins.schedule.updates_per_epoch``), so a baseline can never run a
 different budget than Knee: checked against real one-epoch ``fairseq-train`` runs."""
 
+import dataclasses
+
 import pytest
 from knee_fairseq_helpers import logged_lrs, run_cli, updates_in_epoch
 
@@ -15,8 +17,12 @@ pytestmark = pytest.mark.slow
 @pytest.mark.parametrize("skip_remainder", [False, True], ids=["keep-remainder", "skip-remainder"])
 def test_recipe_epoch_length_equals_the_updates_of_a_real_epoch(data_bin, tmp_path, skip_remainder):
     extra = ["--skip-remainder-batch"] if skip_remainder else []
+    # the demo's settings with a budget in epochs, as the paper's tasks have it
+    recipe = dataclasses.replace(
+        translation.TASKS["demo"], budget_unit="epochs", budget={"full": 1}, explore={"full": 0.5}, warmup_ratio=0.0
+    )
     run = translation.RunConfig(
-        translation.TASKS["demo"], "knee", "full", 1, data_bin, tmp_path / "ckpt",
+        recipe, "knee", "full", 1, data_bin, tmp_path / "ckpt",
         translation.BatchPlan(world_size=1, max_tokens=300, update_freq=3), cpu=True,
         extra=[*extra, "--disable-validation", "--encoder-layers", "1", "--decoder-layers", "1",
                "--encoder-embed-dim", "16", "--decoder-embed-dim", "16",
