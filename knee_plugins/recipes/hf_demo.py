@@ -71,11 +71,11 @@ METHODS = ("knee", "linear", "cosine", "wsd", "schedule_free")
 # (scripts/hf_demo/README.md). Until that sweep is committed these are the previous demo's 1e-4 for the
 # AdamW schedules and, for schedule_free, 3x that (schedulefree's README: 1x-10x the scheduled AdamW LR).
 DEFAULT_LEARNING_RATES: dict[str, float] = {
-    "knee": 1e-4,
-    "linear": 1e-4,
-    "cosine": 1e-4,
-    "wsd": 1e-4,
-    "schedule_free": 3e-4,
+    "knee": 0.0003,
+    "linear": 0.0003,
+    "cosine": 0.0003,
+    "wsd": 0.0003,
+    "schedule_free": 0.0003,
 }
 
 DATA_SPLIT_SEED = 1234
