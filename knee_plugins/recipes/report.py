@@ -51,7 +51,7 @@ def format_examples(results: Sequence[RunResult]) -> str:
     firsts = [group[0] for group in _by_label(results).values() if group[0].examples]
     if not firsts:
         return ""
-    width = max(len(r.label) for r in firsts + [RunResult("reference", 0, 0, 0, 0, 0, [], [])])
+    width = max(len("reference"), *(len(r.label) for r in firsts))
     blocks = []
     for position, example in enumerate(firsts[0].examples):
         lines = [

@@ -273,26 +273,15 @@ def schedule_args(run: RunConfig) -> list[str]:
             "--warmup-init-lr",
             "1e-07",
         ]
-    if run.schedule == "knee" and recipe.budget_unit == "epochs":
-        # the paper's: explore until epoch E, counted from the first update
-        explore = ["--explore-epochs", f"{recipe.explore[run.budget]:g}"]
+    if run.schedule in ("knee", "wsd"):
+        if run.schedule == "wsd":
+            explore = [*_explore_args(run, 1.0 - recipe.wsd_cooldown, warmup), "--decay-type", "1-sqrt"]
+        elif recipe.budget_unit == "epochs":
+            # the paper's: explore until epoch E, counted from the first update
+            explore = ["--explore-epochs", f"{recipe.explore[run.budget]:g}"]
+        else:
+            explore = _explore_args(run, recipe.explore[run.budget], warmup)
         return ["--lr-scheduler", "knee", "--lr", lr, "--warmup-updates", str(warmup), *explore]
-    if run.schedule == "knee":
-        return ["--lr-scheduler", "knee", "--lr", lr, "--warmup-updates", str(warmup),
-                *_explore_args(run, recipe.explore[run.budget], warmup)]  # fmt: skip
-    if run.schedule == "wsd":
-        explore = _explore_args(run, 1.0 - recipe.wsd_cooldown, warmup)
-        return [
-            "--lr-scheduler",
-            "knee",
-            "--lr",
-            lr,
-            "--warmup-updates",
-            str(warmup),
-            *explore,
-            "--decay-type",
-            "1-sqrt",
-        ]
     total = _budget_updates(run)
     if run.schedule == "linear":
         return [
