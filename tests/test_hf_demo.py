@@ -15,8 +15,9 @@ from transformers import (
     get_wsd_schedule,
 )
 
+from knee_plugins.recipes import hf_demo
 from knee_plugins.recipes.hf_data import SECTION_NAMES, kjv_verses, split_verses
-from knee_plugins.recipes.hf_demo import METHODS, main, parse_args, trainer_warmup_steps
+from knee_plugins.recipes.hf_demo import MAX_SWEEP_WIDENINGS, METHODS, main, parse_args, trainer_warmup_steps
 from knee_plugins.schedule import KneeSchedule, knee_factor
 
 TINY = ["--eval-examples", "16", "--train-examples", "96", "--batch-size", "4", "--max-length", "16"]
@@ -100,21 +101,95 @@ def test_sweep_chooses_each_methods_lowest_validation_loss(tmp_path, capsys):
     saved = json.loads((tmp_path / "sweep.json").read_text())
     assert saved["chosen_learning_rates"] == sweep["chosen_learning_rates"]
     runs = saved["runs"]
-    assert sorted((r["method"], r["learning_rate"]) for r in runs) == sorted(
-        (m, lr) for m in ("linear", "wsd") for lr in grid
-    )
     for method in ("linear", "wsd"):
         losses = {r["learning_rate"]: r["eval_loss"] for r in runs if r["method"] == method}
-        assert losses[grid[0]] != losses[grid[1]]
-        assert saved["chosen_learning_rates"][method] == min(losses, key=losses.get)
+        assert set(grid) <= set(losses) and losses[grid[0]] != losses[grid[1]]
+        chosen = saved["chosen_learning_rates"][method]
+        assert chosen == min(losses, key=losses.get)
+        # a two-point grid always has its winner on an edge: the sweep widened it, x300 or /300 a step
+        tried = sorted(losses)
+        widened = [lr for lr in tried if lr not in grid]
+        assert 1 <= len(widened) <= MAX_SWEEP_WIDENINGS, method
+        ratio = grid[1] / grid[0]
+        assert all(
+            min(abs(math.log(lr / g) / math.log(ratio)) for g in tried if g != lr) == pytest.approx(1, abs=1e-2)
+            for lr in widened
+        )
+        assert tried[0] < chosen < tried[-1] or len(widened) == MAX_SWEEP_WIDENINGS, method
     table = (tmp_path / "sweep.md").read_text().splitlines()
-    assert table[0] == "| method | LR 1e-05 | LR 0.003 | chosen LR |"
+    learning_rates = sorted({r["learning_rate"] for r in runs})
+    assert table[0] == "| method | " + " | ".join(f"LR {lr:g}" for lr in learning_rates) + " | chosen LR |"
     for line in table[2:]:
         method = line.split("|")[1].strip()
         chosen = saved["chosen_learning_rates"][method]
-        bold = [i for i, cell in enumerate(line.split("|")[2:4]) if cell.strip().startswith("**")]
-        assert [grid[i] for i in bold] == [chosen] and line.split("|")[4].strip().startswith(f"{chosen:g}")
+        cells = line.split("|")[2 : 2 + len(learning_rates)]
+        bold = [i for i, cell in enumerate(cells) if cell.strip().startswith("**")]
+        assert [learning_rates[i] for i in bold] == [chosen]
+        assert line.split("|")[2 + len(learning_rates)].strip().startswith(f"{chosen:g}")
     assert f"DEFAULT_LEARNING_RATES = {json.dumps(saved['chosen_learning_rates'])}" in capsys.readouterr().out
+
+
+def fake_run_one(best_lr: float, trained: list):
+    """run_one's stand-in for the sweep's bookkeeping: the loss is a parabola in log LR with its minimum at ``best_lr``."""
+
+    def run_one(method, seed, learning_rate, args, budget, data, eval_split):
+        trained.append((method, learning_rate))
+        assert (seed, eval_split) == (0, "validation")
+        loss = 1.0 + math.log(learning_rate / best_lr) ** 2
+        return {
+            "method": method,
+            "learning_rate": learning_rate,
+            "eval_loss": loss if learning_rate < 1 else float("nan"),
+            "eval_accuracy": 0.5,
+            "best_eval_accuracy": 0.5,
+            "wall_time_s": 1.0,
+            "steps": budget.max_steps,
+        }
+
+    return run_one
+
+
+def test_sweep_widens_an_edge_winner_and_reuses_its_runs(tmp_path, monkeypatch, capsys):
+    trained: list = []
+    monkeypatch.setattr(hf_demo, "run_one", fake_run_one(3e-5, trained))
+    args = parse_args(
+        ["--output-dir", str(tmp_path), "--methods", "knee", "linear", "--sweep-lr", "3e-4", "1e-3", "3e-3"]
+    )
+    sweep = hf_demo.run_sweep(args, data={})
+    # the lower edge's ratio is 1e-3 / 3e-4: 3e-4 -> 9e-5 -> 2.7e-5 -> 8.1e-6, where 2.7e-5 is inside
+    grid, widened = [0.0003, 0.001, 0.003], [9e-05, 2.7e-05, 8.1e-06]
+    methods = ("knee", "linear")
+    assert trained == [(m, lr) for m in methods for lr in grid] + [(m, lr) for m in methods for lr in widened]
+    assert sweep["chosen_learning_rates"] == {"knee": 2.7e-05, "linear": 2.7e-05}
+    assert "(grid edge)" not in (tmp_path / "sweep.md").read_text()
+
+    trained.clear()
+    again = hf_demo.run_sweep(
+        parse_args(["--output-dir", str(tmp_path), "--sweep-lr", "3e-4", "1e-3", "3e-3", "--methods", "knee"]), {}
+    )
+    assert trained == [] and again["chosen_learning_rates"] == sweep["chosen_learning_rates"]
+    assert len(json.loads((tmp_path / "sweep.json").read_text())["runs"]) == 12
+
+    more = parse_args(["--output-dir", str(tmp_path), "--methods", "wsd", "--sweep-lr", "1e-4", "3e-4"])
+    hf_demo.run_sweep(more, {})
+    assert trained == [("wsd", 1e-4), ("wsd", 3e-4), ("wsd", 3.33e-5), ("wsd", 1.11e-5)]
+    saved = json.loads((tmp_path / "sweep.json").read_text())
+    assert saved["chosen_learning_rates"] == {"knee": 2.7e-05, "linear": 2.7e-05, "wsd": 3.33e-5}
+
+    other = parse_args(["--output-dir", str(tmp_path), "--max-steps", "90", "--sweep-lr", "1e-4", "3e-4"])
+    with pytest.raises(SystemExit, match="max_steps 60 -> 90.*--output-dir"):
+        hf_demo.run_sweep(other, {})
+
+
+def test_sweep_widens_upwards_and_stops_after_its_limit(tmp_path, monkeypatch):
+    trained: list = []
+    monkeypatch.setattr(hf_demo, "run_one", fake_run_one(10.0, trained))
+    sweep = hf_demo.run_sweep(
+        parse_args(["--output-dir", str(tmp_path), "--methods", "cosine", "--sweep-lr", "1e-3", "2e-3"]), {}
+    )
+    assert [lr for _, lr in trained] == [1e-3, 2e-3, 4e-3, 8e-3, 0.016]
+    assert sweep["chosen_learning_rates"] == {"cosine": 0.016}
+    assert "0.016 (grid edge)" in (tmp_path / "sweep.md").read_text()
 
 
 def test_dry_run_prints_the_plan_without_data(capsys):

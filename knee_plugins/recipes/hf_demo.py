@@ -23,8 +23,12 @@ Fair peak LR (``--sweep-lr LR [LR ...]``): every selected method trains once at 
 with seed 0 and the demo's data, budget, warmup and batch, and is scored by its held-out loss after the
 last step on *validation* verses — a second held-out sample, disjoint from both the training verses and
 the *test* verses the demo reports on. Per method the LR with the lowest such loss wins (ties: the
-smaller LR; a run whose loss is not finite counts as the worst). The sweep writes ``sweep.md``, ``sweep.json``
-and the chosen LRs, which become :data:`DEFAULT_LEARNING_RATES`. The demo then runs every method at its
+smaller LR; a run whose loss is not finite counts as the worst). A winner on the edge of its grid is not
+trusted: that method trains one grid step further out (the grid's ratio at that edge) until its winner is
+inside (at most ``MAX_SWEEP_WIDENINGS`` steps), as the translation demo's sweep does. A rerun into the same
+``--output-dir`` reuses the runs already in its ``sweep.json`` (same settings, method and LR), so a grid can
+be extended without retraining. The sweep writes ``sweep.md``, ``sweep.json`` and the chosen LRs, which
+become :data:`DEFAULT_LEARNING_RATES`. The demo then runs every method at its
 chosen LR with seeds ``0..N-1`` and prints ``mean ± std`` over seeds (``--learning-rate X`` gives every
 method ``X`` instead). It writes ``table.txt``/``table.md``, ``results.json``, ``lr.png`` and ``eval.png``.
 """
@@ -518,41 +522,102 @@ def load_data(args: argparse.Namespace) -> dict[str, Any]:
     return data
 
 
-def run_sweep(args: argparse.Namespace, data: dict[str, Any]) -> dict[str, Any]:
-    """Every method at every swept LR (seed 0); writes ``sweep.md``/``sweep.json`` and returns their content."""
-    grid = learning_rates_of(args)
-    plan = [(method, lr) for method in args.methods for lr in grid[method]]
-    records = []
-    for index, (method, lr) in enumerate(plan, 1):
-        logger.info("sweep run %d/%d: %s at peak LR %g", index, len(plan), method, lr)
-        result = run_one(method, 0, lr, args, args.budget, data, "validation")
-        records.append(
-            {
-                key: result[key]
-                for key in (
-                    "method",
-                    "learning_rate",
-                    "eval_loss",
-                    "eval_accuracy",
-                    "best_eval_accuracy",
-                    "wall_time_s",
-                    "steps",
-                )
-            }
+MAX_SWEEP_WIDENINGS = 3
+# What makes two sweep runs of one method at one LR the same run (the grid, the methods and the seeds do not).
+RUN_SETTINGS = (
+    "model",
+    "max_steps",
+    "batch_size",
+    "warmup_steps",
+    "explore_ratio",
+    "wsd_cooldown_ratio",
+    "train_examples",
+    "eval_examples",
+    "eval_every",
+    "max_length",
+)
+
+
+def _run_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    return {name: settings.get(name) for name in RUN_SETTINGS}
+
+
+def previous_sweep_runs(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The runs of an earlier sweep in ``args.output_dir`` (to reuse), or none; refuses one made with other settings."""
+    path = args.output_dir / "sweep.json"
+    if not path.exists():
+        return []
+    previous = json.loads(path.read_text(encoding="utf-8"))
+    theirs, ours = _run_settings(previous["settings"]), _run_settings(vars(args))
+    if theirs != ours:
+        changed = ", ".join(
+            f"{name} {theirs[name]!r} -> {ours[name]!r}" for name in RUN_SETTINGS if theirs[name] != ours[name]
         )
-    chosen = choose_learning_rates(records)
-    sweep = {
-        "protocol": "per method, the peak LR whose seed-0 run has the lowest validation loss after the last step",
-        "settings": {key: value for key, value in vars(args).items() if key not in ("budget", "output_dir", "dry_run")},
-        "budget": asdict(args.budget),
-        "runs": records,
-        "chosen_learning_rates": chosen,
-    }
+        raise SystemExit(
+            f"{path} holds a sweep made with other settings ({changed}): its runs cannot be compared with "
+            "this one's; pass another --output-dir (or move that sweep.json away)"
+        )
+    return list(previous["runs"])
+
+
+def wider_learning_rate(tried: Sequence[float], best: float) -> float | None:
+    """One grid step beyond ``best`` when it is on the edge of ``tried`` (the grid's ratio at that edge), else None."""
+    tried = sorted(tried)
+    if len(tried) < 2 or tried[0] < best < tried[-1]:
+        return None
+    if best == tried[0]:
+        return float(f"{best * tried[0] / tried[1]:.3g}")
+    return float(f"{best * tried[-1] / tried[-2]:.3g}")
+
+
+def run_sweep(args: argparse.Namespace, data: dict[str, Any]) -> dict[str, Any]:
+    """Every method at every swept LR (seed 0); a method whose winner is on the edge of its grid trains one
+    grid step further out (the grid's ratio at that edge) until the winner is inside (at most
+    ``MAX_SWEEP_WIDENINGS`` steps). Reuses the runs of an earlier sweep in ``--output-dir`` made with the same
+    settings and keeps its other methods' runs; writes ``sweep.json`` after every run, then ``sweep.md``."""
+    grid = learning_rates_of(args)
+    previous = previous_sweep_runs(args)
+    records = [r for r in previous if r["method"] not in args.methods]
+    done = {(r["method"], float(r["learning_rate"])): r for r in previous}
+    json_path = args.output_dir / "sweep.json"
+
+    def sweep_json() -> dict[str, Any]:
+        return {
+            "protocol": "per method, the peak LR whose seed-0 run has the lowest validation loss after the last "
+            "step; a winner on the edge of its grid is widened by the grid's ratio at that edge",
+            "settings": _run_settings(vars(args)),
+            "budget": asdict(args.budget),
+            "runs": records,
+            "chosen_learning_rates": choose_learning_rates(records),
+        }
+
+    def train(method: str, lr: float, position: str) -> None:
+        if (method, lr) in done:
+            logger.info("sweep run %s: %s at peak LR %g already trained", position, method, lr)
+            records.append(done[(method, lr)])
+            return
+        logger.info("sweep run %s: %s at peak LR %g", position, method, lr)
+        result = run_one(method, 0, lr, args, args.budget, data, "validation")
+        keys = ("method", "learning_rate", "eval_loss", "eval_accuracy", "best_eval_accuracy", "wall_time_s", "steps")
+        records.append({key: result[key] for key in keys})
+        json_path.write_text(json.dumps(sweep_json(), indent=1) + "\n", encoding="utf-8")
+
+    plan = [(method, lr) for method in args.methods for lr in grid[method]]
+    for index, (method, lr) in enumerate(plan, 1):
+        train(method, lr, f"{index}/{len(plan)}")
+    for method in args.methods:
+        for widening in range(1, MAX_SWEEP_WIDENINGS + 1):
+            runs = [r for r in records if r["method"] == method]
+            wider = wider_learning_rate([r["learning_rate"] for r in runs], choose_learning_rates(runs)[method])
+            if wider is None:
+                break
+            train(method, wider, f"widening {widening}")
+    sweep = sweep_json()
     table = format_sweep_table(records)
     print(table)
-    print("DEFAULT_LEARNING_RATES = " + json.dumps(chosen))
+    print("DEFAULT_LEARNING_RATES = " + json.dumps(sweep["chosen_learning_rates"]))
     (args.output_dir / "sweep.md").write_text(table + "\n", encoding="utf-8")
-    (args.output_dir / "sweep.json").write_text(json.dumps(sweep, indent=1) + "\n", encoding="utf-8")
+    json_path.write_text(json.dumps(sweep, indent=1) + "\n", encoding="utf-8")
     return sweep
 
 
