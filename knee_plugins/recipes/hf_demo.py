@@ -71,9 +71,8 @@ logger = logging.getLogger(__name__)
 
 METHODS = ("knee", "linear", "cosine", "wsd", "schedule_free")
 
-# Each method's peak LR for the demo: the winner of its ``--sweep-lr`` run at the demo's defaults
-# (scripts/hf_demo/README.md). Until that sweep is committed these are the previous demo's 1e-4 for the
-# AdamW schedules and, for schedule_free, 3x that (schedulefree's README: 1x-10x the scheduled AdamW LR).
+# Each method's peak LR for the demo: the winner of its ``--sweep-lr 1e-4 3e-4 1e-3 3e-3`` run at the demo's
+# defaults (docs/hf_demo/sweep.md: every winner inside the grid).
 DEFAULT_LEARNING_RATES: dict[str, float] = {
     "knee": 0.0003,
     "linear": 0.0003,
