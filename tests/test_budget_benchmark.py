@@ -85,7 +85,7 @@ def test_plan_one_recipe_command_per_run(tmp_path):
         assert option["--work-dir"] == str(run.run_dir) and run.run_dir.parent == tmp_path.resolve() / "runs"
         assert shlex.split(option["--fairseq-args"]) == [
             "--seed", str(run.seed), "--save-interval-updates", "10",
-            "--validate-interval", "1000000", "--save-interval", "1000000",
+            "--validate-interval", "1000000", "--save-interval", "1000000", "--dropout", "0.1",
         ]  # fmt: skip
 
 
@@ -116,6 +116,8 @@ def test_dry_run_prints_one_command_per_run_and_trains_nothing(tmp_path, capsys)
         (["--schedules", "knee", "adam"], "--schedules"),
         (["--recipe-args", "--cpu --max-updates 5"], "--recipe-args must not set ['--max-updates']"),
         (["--fairseq-args=--seed=3"], "--fairseq-args must not set ['--seed']"),
+        (["--fairseq-args", "--dropout 0.3"], "--fairseq-args must not set ['--dropout']"),
+        (["--dropout", "1"], "--dropout must be in"),
     ],
 )
 def test_bad_arguments_are_refused_before_anything_runs(argv, message, capsys):
