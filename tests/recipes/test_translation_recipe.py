@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import ast
+import json
 import shlex
 from pathlib import Path
 
 import pytest
 
-from knee_plugins.recipes import translation
+from knee_plugins.recipes import report, translation
+
+REPO = Path(__file__).resolve().parents[2]
 
 # task -> budget -> (epochs, explore epochs); shared settings below (the paper's table).
 PAPER = {
@@ -115,20 +118,22 @@ def test_demo_default_runs_the_comparison_each_schedule_at_its_own_lr(capsys):
     schedulers = [value(c, "--lr-scheduler") for c in commands]
     assert schedulers == ["knee", "polynomial_decay", "cosine", "inverse_sqrt", "one_cycle", "knee", "knee"]
     budgets = [int(value(c, "--max-update")) for c in commands]
-    assert budgets[:6] == [800] * 6 and budgets[6] == round(0.65 * 800)
+    assert budgets[:6] == [1200] * 6 and budgets[6] == round(0.65 * 1200)
     assert {value(c, "--seed") for c in commands} == {"1"}
     assert {value(c, "--max-tokens") for c in commands} == {"1024"}
     assert {value(c, "--optimizer") for c in commands} == {"adam"}
     assert {value(c, "--adam-betas") for c in commands} == {"(0.9, 0.98)"}
+    # ~1.5 epochs of the corpus: dropout would only slow learning
+    assert {float(value(c, "--dropout")) for c in commands} == {0.0}
     schedules = ["knee", "linear", "cosine", "inverse_sqrt", "one_cycle", "wsd", "knee"]
     assert [float(value(c, "--lr")) for c in commands] == [recipe.lr_of(s) for s in schedules]
     # the same warmup (6% of the full budget) for all but one-cycle, whose rise is its own --pct-start
     warmups = [value(c, "--warmup-updates") if "--warmup-updates" in c else None for c in commands]
-    assert warmups == ["48", "48", "48", "48", None, "48", "48"]
+    assert warmups == ["72", "72", "72", "72", None, "72", "72"]
     knee, wsd, knee_short = commands[0], commands[5], commands[6]
-    assert int(value(knee, "--explore-updates")) == 400 - 48 and "--decay-type" not in knee
-    assert int(value(wsd, "--explore-updates")) == 640 - 48 and value(wsd, "--decay-type") == "1-sqrt"
-    assert int(value(knee_short, "--explore-updates")) == 260 - 48
+    assert int(value(knee, "--explore-updates")) == 600 - 72 and "--decay-type" not in knee
+    assert int(value(wsd, "--explore-updates")) == 960 - 72 and value(wsd, "--decay-type") == "1-sqrt"
+    assert int(value(knee_short, "--explore-updates")) == 390 - 72
 
 
 def test_lr_and_sweep_flags(capsys):
@@ -182,3 +187,23 @@ def test_bad_flags_are_named(capsys):
     with pytest.raises(SystemExit):
         translation.parse_args(["--seeds", "0"])
     assert "--seeds" in capsys.readouterr().err
+
+
+def _without_paths(command: str) -> list[str]:
+    """A fairseq-train command without what depends on the machine: the executable's, data's and save paths."""
+    tokens = shlex.split(command)
+    save_dir = tokens.index("--save-dir")
+    return [Path(tokens[0]).name, *tokens[2:save_dir], *tokens[save_dir + 2 :]]
+
+
+def test_committed_lr_sweep_ran_the_current_demo_and_chose_its_peak_lrs(capsys):
+    """docs/demo-lr-sweep.json is the sweep of the demo as it is now (same commands but for paths), and
+    DEMO_PEAK_LR holds its winners: a change to the demo's settings must come with a new sweep."""
+    records = json.loads((REPO / "docs" / "demo-lr-sweep.json").read_text(encoding="utf-8"))
+    assert translation.DEMO_PEAK_LR == report.best_learning_rates(records)
+    assert set(translation.DEMO_PEAK_LR) == set(translation.SCHEDULES)
+    for record in records:
+        argv = ["--task", "demo", "--schedule", record["schedule"], "--sweep-lr", f"{record['lr']:g}", "--dry-run"]
+        assert translation.main(argv) == 0
+        (expected,) = capsys.readouterr().out.splitlines()
+        assert _without_paths(record["command"]) == _without_paths(expected), record["schedule"]
