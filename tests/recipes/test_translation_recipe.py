@@ -123,7 +123,7 @@ def test_demo_default_runs_the_comparison_each_schedule_at_its_own_lr(capsys):
     assert {value(c, "--max-tokens") for c in commands} == {"1024"}
     assert {value(c, "--optimizer") for c in commands} == {"adam"}
     assert {value(c, "--adam-betas") for c in commands} == {"(0.9, 0.98)"}
-    # ~1.5 epochs of the corpus: dropout would only slow learning
+    # ~1.4 epochs of the corpus: dropout would only slow learning
     assert {float(value(c, "--dropout")) for c in commands} == {0.0}
     schedules = ["knee", "linear", "cosine", "inverse_sqrt", "one_cycle", "wsd", "knee"]
     assert [float(value(c, "--lr")) for c in commands] == [recipe.lr_of(s) for s in schedules]
