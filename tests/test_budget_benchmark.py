@@ -7,6 +7,7 @@ import importlib.util
 import json
 import logging
 import math
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -276,6 +277,9 @@ def test_end_to_end_runs_every_schedule_and_budget_and_resumes(tmp_path, capsys,
         # the data was prepared once and every run read it through its link
         assert (run.run_dir / "prepared").resolve() == (tmp_path / "prepared").resolve()
         assert run.results_path.stat().st_mtime_ns > prepared_at
+        # fairseq trained at the benchmark's dropout, not the demo's 0: the last --dropout it is given wins
+        log = (run.run_dir / "checkpoints" / f"{run.schedule}-full-seed1" / "train.log").read_text()
+        assert re.findall(r"[ (]dropout=([0-9.]+)", log) == ["0.1"]
     record = json.loads((tmp_path / "benchmark.json").read_text())
     assert [(r["schedule"], r["updates"], r["result"]["best_valid_loss"]) for r in record["runs"]] == [
         (run.schedule, run.updates, read_results_json(run.results_path)[0].best_valid_loss) for run in runs
