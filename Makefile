@@ -29,10 +29,10 @@ $(STAMP): pyproject.toml setup.py $(CONSTRAINTS)
 	touch $@
 
 demo: $(STAMP)
-	$(BIN)/python -m knee_plugins.recipes.translation --task demo
+	$(BIN)/python -m scripts.translation.run --task demo
 
 demo-hf: $(STAMP)
-	$(BIN)/python scripts/hf_demo/compare.py --output-dir outputs/hf_demo
+	$(BIN)/python -m scripts.hf_demo.compare --output-dir outputs/hf_demo
 
 # ruff (lint + format) and mypy on the library, configured in pyproject.toml; `ruff format .` fixes the layout.
 lint: $(STAMP)
@@ -47,11 +47,11 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow"
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/bench_schedulers.py
+	$(BIN)/python -m benchmarks.bench_schedulers
 
 # the paper's budget question (Table 8) on the demo: hours on 2 CPU cores (docs/benchmarks.md)
 bench-budget: $(STAMP)
-	$(BIN)/python benchmarks/budget.py --max-updates 8000 --seeds 1 --work-dir runs/budget
+	$(BIN)/python -m benchmarks.budget --max-updates 8000 --seeds 1 --work-dir runs/budget
 
 constraints:
 	{ head -3 $(CONSTRAINTS); { $(PIP) freeze --exclude-editable | grep -v -i -E '^(knee|torch==|#)'; echo torch==2.13.0; } | sort -f; } > $(CONSTRAINTS).new

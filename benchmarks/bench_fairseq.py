@@ -5,7 +5,7 @@
 2. Python start-up time (``python -c pass``) with and without the auto-registration .pth,
    each in a bare throwaway venv; and ``import fairseq`` with the hook on and off.
 
-Usage: python benchmarks/bench_fairseq.py [--rounds 3] [--updates 150] [--startup-runs 30]
+Usage: python -m benchmarks.bench_fairseq [--rounds 3] [--updates 150] [--startup-runs 30]
 Prints figures; it is not a test.
 """
 

@@ -5,7 +5,7 @@
 2. time per optimizer step of a small ``Trainer`` run: KneeCallback vs the Trainer's linear decay
    (interleaved runs, median).
 
-    python benchmarks/bench_schedulers.py [--steps 20000] [--rounds 7] [--trainer-steps 40]
+    python -m benchmarks.bench_schedulers [--steps 20000] [--rounds 7] [--trainer-steps 40]
 """
 
 import argparse

@@ -5,7 +5,7 @@ For every schedule (default knee, linear, cosine), budget fraction f (default 0.
 ``--max-updates`` N) and seed n, the translation recipe trains one model through its own command line,
 one run at a time::
 
-    python -m knee_plugins.recipes.translation --task demo --schedule S --budget full
+    python -m scripts.translation.run --task demo --schedule S --budget full
         --max-updates round(f·N) --seeds 1 --work-dir <work-dir>/runs/S-<100f>pct-seed<n>
         --fairseq-args "--seed n --save-interval-updates K --validate-interval 1000000 --save-interval 1000000
                         --dropout D"
@@ -54,13 +54,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from knee_plugins.recipes import translation
-from knee_plugins.recipes.results import RunResult, mean_std, read_results_json
+from scripts.common.results import RunResult, mean_std, read_results_json
+from scripts.translation import run as translation
 
 logger = logging.getLogger("budget")
 
 HERE = Path(__file__).resolve().parent
-RECIPE_MODULE = "knee_plugins.recipes.translation"
+RECIPE_MODULE = "scripts.translation.run"
 DEFAULT_SCHEDULES = ("knee", "linear", "cosine")
 DEFAULT_FRACTIONS = (0.4, 0.55, 0.7, 1.0)
 DEFAULT_TARGETS = ("linear", "cosine")
@@ -143,7 +143,7 @@ def _flag_used(words: Sequence[str], flags: Sequence[str]) -> list[str]:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python benchmarks/budget.py",
+        prog="python -m benchmarks.budget",
         description="Table 8's question on the translation demo: the smallest budget at which each schedule "
         "reaches linear's and cosine's valid loss and BLEU at the full budget.",
     )

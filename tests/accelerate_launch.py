@@ -6,8 +6,18 @@ from __future__ import annotations
 import os
 import socket
 import sys
+from pathlib import Path
 
-CPU_ENV = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+ROOT = Path(__file__).resolve().parents[1]
+# The recipes are run as modules of the checkout (`-m scripts.<task>.<program>`), from any directory.
+PYTHONPATH = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+CPU_ENV = {
+    **os.environ,
+    "ACCELERATE_USE_CPU": "1",
+    "OMP_NUM_THREADS": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "PYTHONPATH": PYTHONPATH,
+}
 
 
 def free_port() -> str:

@@ -2,7 +2,6 @@
 
 import json
 import subprocess
-from pathlib import Path
 
 import pytest
 from accelerate_launch import CPU_ENV, accelerate_launcher
@@ -11,7 +10,7 @@ from knee_plugins import KneeSchedule
 
 pytestmark = pytest.mark.slow
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "accelerate" / "train_classifier_knee.py"
+SCRIPT = "scripts.accelerate.train_classifier_knee"
 LEARNING_RATE = 1e-3
 
 
@@ -20,7 +19,7 @@ def tiny_model_dir(tmp_path_factory):
     """A 1-layer BERT with the real MiniLM tokenizer: fast enough for multi-process runs on 2 cores."""
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-    from knee_plugins.recipes.hf_data import minilm_model_dir
+    from scripts.common.hf_data import minilm_model_dir
 
     path = tmp_path_factory.mktemp("tiny-bert")
     tokenizer = AutoTokenizer.from_pretrained(minilm_model_dir())
@@ -45,7 +44,8 @@ def launch(tmp_path, model_dir, num_processes, *extra):
     launcher = accelerate_launcher(num_processes)
     command = [
         *launcher,
-        str(SCRIPT),
+        "-m",
+        SCRIPT,
         "--model_name_or_path",
         str(model_dir),
         "--train_examples",

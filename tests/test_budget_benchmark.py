@@ -3,26 +3,19 @@ table and answer from hand-made results (nothing trains), and one tiny end-to-en
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import math
 import re
 import shlex
 import sys
-from pathlib import Path
 
 import pytest
 
-from knee_plugins.recipes.results import RunResult, read_results_json, write_results_json
+from benchmarks import budget
+from scripts.common.results import RunResult, read_results_json, write_results_json
 
-ROOT = Path(__file__).resolve().parent.parent
-_spec = importlib.util.spec_from_file_location("budget_benchmark", ROOT / "benchmarks" / "budget.py")
-budget = importlib.util.module_from_spec(_spec)
-sys.modules["budget_benchmark"] = budget  # dataclasses look their module up by name
-_spec.loader.exec_module(budget)
-
-RECIPE = "knee_plugins.recipes.translation"
+RECIPE = "scripts.translation.run"
 
 
 # --- reaching a target, on hand-made numbers ---------------------------------------------------

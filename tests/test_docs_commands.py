@@ -6,7 +6,8 @@ Blocks fenced as ```bash / ```sh / ```console hold commands (one test per comman
 ```python blocks are executed; blocks with no language, ```text or ```yaml are not run.
 
 What each command gets:
-- ``python scripts/<task>/<x>.py ...``, ``python -m knee_plugins.recipes...``: run with ``--dry-run``
+- ``python -m scripts.<task>.<program> ...`` (the recipes, run from the checkout), ``python -m benchmarks.<x>``:
+  run with ``--dry-run``
   appended (the project's convention: print the resolved plan, exit 0, no data/GPU/network);
   all dry-runs share one interpreter, in a temporary working directory.
 - ``fairseq-train`` / ``fairseq-generate`` / ``fairseq-preprocess`` (also as the script of
@@ -42,6 +43,7 @@ import io
 import json
 import os
 import re
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -79,6 +81,7 @@ FAIRSEQ_MODULES = {
     "fairseq_cli.preprocess": "fairseq-preprocess",
 }
 DRY_RUN_ENV = {
+    "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
     "CUDA_VISIBLE_DEVICES": "",
     "OMP_NUM_THREADS": "1",
     "TOKENIZERS_PARALLELISM": "false",
@@ -93,10 +96,24 @@ DRY_RUN_ENV = {
 def python_target(words: list[str]) -> tuple[str, str, list[str]]:
     """``(kind, target, args)`` of ``<script> args`` or ``-m <module> args``."""
     if words[0] == "-m":
+        try:
+            found = importlib.util.find_spec(words[1]) is not None
+        except ModuleNotFoundError:
+            found = False
+        assert found, f"python -m {words[1]}: no such module"
         return "module", words[1], words[2:]
+    assert not words[0].startswith(("scripts/", "benchmarks/")), (
+        f"{words[0]}: the recipes and benchmarks run as modules of the checkout, "
+        f"python -m {words[0].removesuffix('.py').replace('/', '.')}"
+    )
     script = (ROOT / words[0]).resolve()
     assert script.is_file(), f"{words[0]}: no such script in the checkout"
     return "path", str(script), words[1:]
+
+
+def source_of(kind: str, target: str) -> str:
+    origin = importlib.util.find_spec(target).origin if kind == "module" else target
+    return Path(origin).read_text()
 
 
 def script_steps(kind: str, target: str, args: list[str], launched: bool = False) -> list[tuple]:
@@ -111,10 +128,12 @@ def script_steps(kind: str, target: str, args: list[str], launched: bool = False
     if kind == "path" and Path(target).name in FAIRSEQ_TOOLS:
         return [("fairseq", Path(target).name, args)]
     if kind == "module":
-        assert target.startswith("knee_plugins."), f"python -m {target}: only knee_plugins modules are dry-run"
-    source = Path(target).read_text() if kind == "path" else ""
+        assert target.startswith(("knee_plugins.", "scripts.", "benchmarks.")), (
+            f"python -m {target}: only the project's modules are dry-run"
+        )
+    source = source_of(kind, target)
     if launched and "--dry-run" not in source and "def parse_args(" in source:
-        return [("parse-args", target, args)]
+        return [("parse-args", kind, target, args)]
     return [("dry-run", kind, target, args if "--dry-run" in args else [*args, "--dry-run"])]
 
 
@@ -319,9 +338,9 @@ def check(command: Command, dry_runs, tmp_path: Path) -> None:
             stderr = io.StringIO()
             try:
                 with contextlib.redirect_stderr(stderr):
-                    load_script(step[1]).parse_args(step[2])
+                    load_script(step[1], step[2]).parse_args(step[3])
             except SystemExit as stop:
-                raise AssertionError(f"{step[1]} rejects {step[2]}: {last_lines(stderr.getvalue())}") from stop
+                raise AssertionError(f"{step[2]} rejects {step[3]}: {last_lines(stderr.getvalue())}") from stop
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=[command.where for command in COMMANDS])
@@ -339,9 +358,10 @@ BROKEN_COMMANDS = [
      "--explore-updates 200", "explore"),
     ("torchrun --nproc_per_node 2 $(which fairseq-train) DATA ... --lr-scheduler kneee", "invalid choice: 'kneee'"),
     ("fairseq-train DATA ... --distributed-rank $NO_SUCH_VARIABLE", "no placeholder value"),
-    ("accelerate launch --no_such_flag 1 scripts/accelerate/train_classifier_knee.py", "unrecognized arguments"),
-    ("accelerate launch scripts/accelerate/train_classifier_knee.py --checkpointing_steps sometimes", "checkpointing_steps"),
-    ("python scripts/no_such_task/run.py", "no such script"),
+    ("accelerate launch --no_such_flag 1 -m scripts.accelerate.train_classifier_knee", "unrecognized arguments"),
+    ("accelerate launch -m scripts.accelerate.train_classifier_knee --checkpointing_steps sometimes", "checkpointing_steps"),
+    ("python -m scripts.no_such_task.run", "no such module"),
+    ("python scripts/translation/run.py --task demo", "python -m scripts.translation.run"),
     ("pip install torch numpy", "torch must be pinned"),
     ("pip install sacrebleu", "pin it"),
     ('pip install -c requirements/constraints.txt ".[no-such-extra]"', "no extra"),
@@ -359,10 +379,19 @@ def test_a_broken_command_fails_its_check(text, message, tmp_path, monkeypatch):
         check(Command(ROOT / "README.md", 0, text), None, tmp_path)
 
 
-def load_script(path: str):
-    spec = importlib.util.spec_from_file_location(f"doc_script_{Path(path).parent.name}_{Path(path).stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def load_script(kind: str, target: str):
+    """The module of a launched program, imported by name (a self-contained script outside the
+    packages is run from its file, as its launcher would)."""
+    if kind == "module":
+        return importlib.import_module(target)
+    return runpy_module(target)
+
+
+def runpy_module(path: str):
+    import types
+
+    module = types.ModuleType(f"doc_script_{Path(path).stem}")
+    module.__dict__.update(runpy.run_path(path, run_name=module.__name__))
     return module
 
 

@@ -15,10 +15,10 @@ from transformers import (
     get_wsd_schedule,
 )
 
-from knee_plugins.recipes import hf_demo
-from knee_plugins.recipes.hf_data import SECTION_NAMES, kjv_verses, split_verses
-from knee_plugins.recipes.hf_demo import MAX_SWEEP_WIDENINGS, METHODS, main, parse_args, trainer_warmup_steps
 from knee_plugins.schedule import KneeSchedule, knee_factor
+from scripts.common.hf_data import SECTION_NAMES, kjv_verses, split_verses
+from scripts.hf_demo import compare as hf_demo
+from scripts.hf_demo.compare import MAX_SWEEP_WIDENINGS, METHODS, main, parse_args, trainer_warmup_steps
 
 TINY = ["--eval-examples", "16", "--train-examples", "96", "--batch-size", "4", "--max-length", "16"]
 STEPS, WARMUP_FRACTION, PEAK_LR = 10, 0.3, 1e-3  # warmup 3, Knee explore 5 / decay 2, WSD cooldown 2

@@ -1,4 +1,8 @@
-"""The import graph is one-way: core -> host adapters -> recipes, and a recipe imports only what it uses.
+"""The import graph is one-way: core -> host adapters; recipes -> their shared code -> the library.
+
+The rule for recipes: every task's entry programs live in ``scripts/<task>/`` and run as
+``python -m scripts.<task>.<program>``; what several tasks reuse is in ``scripts/common/``, which
+imports no task. The library (``knee_plugins``) imports no recipe and no benchmark.
 
 Checked twice: statically (what each module's source imports) and for real (what a fresh interpreter
 has in ``sys.modules`` after importing a module).
@@ -14,18 +18,20 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "knee_plugins"
-LIBRARY_MODULES = sorted(path for path in PACKAGE.rglob("*.py") if "recipes" not in path.relative_to(PACKAGE).parts)
-RECIPE_MODULES = sorted((PACKAGE / "recipes").glob("*.py"))
-# Modules the recipes share: they may import each other but no task recipe.
-SHARED_RECIPE_MODULES = {"__init__", "results", "embedded_corpus", "hf_data", "prepare", "corpus", "report"}
-# A task recipe may build on another task's recipe only where it is that task's variant.
-ALLOWED_TASK_IMPORTS = {"mat": {"translation"}}
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "knee_plugins"
+LIBRARY_MODULES = sorted(PACKAGE.rglob("*.py"))
+SCRIPTS = ROOT / "scripts"
+COMMON_MODULES = sorted((SCRIPTS / "common").glob("*.py"))
+TASK_MODULES = sorted(p for p in SCRIPTS.glob("*/*.py") if p.parent.name != "common")
+BENCHMARK_MODULES = sorted((ROOT / "benchmarks").glob("*.py"))
+# A task may build on another task's entry program only where it is that task's variant.
+ALLOWED_TASK_IMPORTS: dict[str, set[str]] = {"mat": {"translation"}}
 
 
 def imported_modules(path: Path) -> set[str]:
     """Absolute names of the modules ``path`` imports (relative imports resolved)."""
-    module = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    module = ".".join(path.relative_to(ROOT).with_suffix("").parts)
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     names = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
@@ -42,20 +48,37 @@ def imported_modules(path: Path) -> set[str]:
     return names
 
 
+def tasks_imported(path: Path) -> set[str]:
+    return {
+        name.split(".")[1]
+        for name in imported_modules(path)
+        if name.startswith("scripts.") and name.split(".")[1] not in ("common", "__init__")
+    }
+
+
 @pytest.mark.parametrize("path", LIBRARY_MODULES, ids=lambda p: str(p.relative_to(PACKAGE)))
-def test_the_library_never_imports_a_recipe(path):
-    assert not any(name.startswith("knee_plugins.recipes") for name in imported_modules(path))
+def test_the_library_never_imports_a_recipe_a_benchmark_or_a_test(path):
+    assert not any(name.split(".")[0] in ("scripts", "benchmarks", "tests") for name in imported_modules(path))
 
 
-@pytest.mark.parametrize("path", RECIPE_MODULES, ids=lambda p: p.name)
-def test_recipes_import_shared_modules_and_no_other_task(path):
-    own = path.stem
-    recipe_imports = {name.split(".")[2] for name in imported_modules(path) if name.startswith("knee_plugins.recipes.")}
-    tasks = recipe_imports - SHARED_RECIPE_MODULES - {own}
-    if own in SHARED_RECIPE_MODULES:
-        assert not tasks, f"shared module {own} imports the task recipe(s) {sorted(tasks)}"
-    else:
-        assert tasks <= ALLOWED_TASK_IMPORTS.get(own, set()), f"{own} imports the task recipe(s) {sorted(tasks)}"
+@pytest.mark.parametrize("path", COMMON_MODULES, ids=lambda p: p.name)
+def test_the_shared_recipe_code_imports_no_task(path):
+    assert not tasks_imported(path), f"scripts/common/{path.name} imports the task(s) {sorted(tasks_imported(path))}"
+
+
+@pytest.mark.parametrize("path", TASK_MODULES, ids=lambda p: str(p.relative_to(SCRIPTS)))
+def test_a_task_imports_the_shared_code_and_no_other_task(path):
+    own = path.parent.name
+    others = tasks_imported(path) - {own}
+    assert others <= ALLOWED_TASK_IMPORTS.get(own, set()), f"{own} imports the task(s) {sorted(others)}"
+
+
+@pytest.mark.parametrize(
+    "path", [*TASK_MODULES, *COMMON_MODULES, *BENCHMARK_MODULES], ids=lambda p: str(p.relative_to(ROOT))
+)
+def test_no_recipe_or_benchmark_imports_from_the_tests(path):
+    assert not any(name.split(".")[0] == "tests" for name in imported_modules(path))
+    assert "sys.path" not in path.read_text(encoding="utf-8")
 
 
 def loaded_after_import(module: str) -> set[str]:
@@ -71,11 +94,11 @@ def loaded_after_import(module: str) -> set[str]:
         ("knee_plugins.cli", {"torch", "transformers", "fairseq", "matplotlib"}),
         ("knee_plugins.lr_scheduler", {"transformers", "fairseq", "accelerate"}),
         ("knee_plugins.hf", {"fairseq", "sacremoses", "polib"}),
-        ("knee_plugins.recipes.results", {"torch", "fairseq", "transformers", "sacremoses", "polib"}),
-        ("knee_plugins.recipes.embedded_corpus", {"torch", "polib", "sacremoses"}),
-        ("knee_plugins.recipes.prepare", {"polib", "torch", "transformers"}),
-        ("knee_plugins.recipes.hf_demo", {"fairseq", "sacremoses", "subword_nmt", "polib", "sacrebleu"}),
-        ("knee_plugins.recipes.translation", {"transformers", "polib"}),
+        ("scripts.common.results", {"torch", "fairseq", "transformers", "sacremoses", "polib"}),
+        ("scripts.common.embedded_corpus", {"torch", "polib", "sacremoses"}),
+        ("scripts.common.prepare", {"polib", "torch", "transformers"}),
+        ("scripts.hf_demo.compare", {"fairseq", "sacremoses", "subword_nmt", "polib", "sacrebleu"}),
+        ("scripts.translation.run", {"transformers", "polib"}),
     ],
 )
 def test_importing_a_module_loads_only_what_it_uses(module, must_not_load):

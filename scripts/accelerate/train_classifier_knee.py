@@ -1,7 +1,7 @@
 """Fine-tune a sequence classifier on the Knee schedule with 🤗 Accelerate (1 GPU, multi-GPU, multi-node, CPU).
 
-    accelerate launch scripts/accelerate/train_classifier_knee.py --max_train_steps 300 --output_dir out
-    accelerate launch --multi_gpu --num_processes 8 scripts/accelerate/train_classifier_knee.py ...
+    accelerate launch -m scripts.accelerate.train_classifier_knee --max_train_steps 300 --output_dir out
+    accelerate launch --multi_gpu --num_processes 8 -m scripts.accelerate.train_classifier_knee ...
     accelerate launch --num_machines 2 --machine_rank R --main_process_ip HOST --main_process_port 29500 \\
         --multi_gpu --num_processes 16 scripts/accelerate/train_classifier_knee.py ...
 
@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
 
 from knee_plugins import get_knee_schedule_with_warmup, resolve_steps
-from knee_plugins.recipes.hf_data import (
+from scripts.common.hf_data import (
     SECTION_NAMES,
     Verse,
     VerseClassification,

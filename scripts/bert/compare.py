@@ -1,7 +1,7 @@
 """Compare finished pretraining runs: MLM loss per phase, validation MLM loss / NSP accuracy, and
 optimizer steps per second of each run against the first one.
 
-    python scripts/bert/compare.py runs/bert-demo/knee runs/bert-demo/linear
+    python -m scripts.bert.compare runs/bert-demo/knee runs/bert-demo/linear
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from knee_plugins.recipes.bert_pretraining import format_comparison, run_summary
+from scripts.bert.pretraining_utils import format_comparison, run_summary
 
 
 def main(argv=None):

@@ -1,12 +1,12 @@
 """Build BERT pretraining data: text -> MLM + next-sentence-prediction examples at seq 128 and 512.
 
-    python scripts/bert/prepare_data.py --output-dir data/bert                       # offline prose
-    python scripts/bert/prepare_data.py --output-dir data/wiki --source \\
+    python -m scripts.bert.prepare_data --output-dir data/bert                       # offline prose
+    python -m scripts.bert.prepare_data --output-dir data/wiki --source \\
         --hub-dataset wikimedia/wikipedia --hub-config 20231101.en --vocab-file vocab.txt --num-proc 32 --dupe-factor 5
 
 Writes OUTPUT_DIR/phase1 and OUTPUT_DIR/phase2 (``datasets.DatasetDict`` with ``train`` and
 ``validation``, memory-mapped by scripts/bert/pretrain.py), the tokenizer (vocab.txt) and
-data_config.json. See knee_plugins.recipes.bert_pretraining for how examples are made.
+data_config.json. See scripts.bert.pretraining_utils for how examples are made.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import os
 import sys
 from pathlib import Path
 
-from knee_plugins.recipes.bert_pretraining import (
+from scripts.bert.pretraining_utils import (
     MAX_PREDICTIONS,
     OFFLINE_SOURCES,
     SEQ_LENGTHS,
@@ -108,7 +108,7 @@ def parse_args(argv=None):
     if not 0 <= args.validation_fraction < 1:
         parser.error(f"--validation-fraction must be in [0, 1), got {args.validation_fraction}")
     if args.vocab_file is None:
-        from knee_plugins.recipes.hf_data import minilm_model_dir
+        from scripts.common.hf_data import minilm_model_dir
 
         args.vocab_file = str(minilm_model_dir() / "vocab.txt")
     if not Path(args.vocab_file).is_file():
@@ -140,7 +140,7 @@ def main(argv=None):
             return 2
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from knee_plugins.recipes.bert_pretraining import (
+    from scripts.bert.pretraining_utils import (
         build_pretraining_data,
         load_documents,
         load_tokenizer,

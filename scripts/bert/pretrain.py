@@ -1,8 +1,8 @@
 """Pretrain BERT (MLM + NSP) with LAMB in two phases on the Knee schedule, with 🤗 Accelerate.
 
-    python scripts/bert/prepare_data.py --output-dir data/bert          # offline prose, seq 128 and 512
-    accelerate launch scripts/bert/pretrain.py --data-dir data/bert --output-dir runs/knee
-    accelerate launch --multi_gpu --num_processes 8 scripts/bert/pretrain.py --data-dir data/bert --output-dir runs/knee
+    python -m scripts.bert.prepare_data --output-dir data/bert          # offline prose, seq 128 and 512
+    accelerate launch -m scripts.bert.pretrain --data-dir data/bert --output-dir runs/knee
+    accelerate launch --multi_gpu --num_processes 8 -m scripts.bert.pretrain --data-dir data/bert --output-dir runs/knee
 
 Phase 1 trains at sequence length 128 for 90% of the budget, phase 2 at 512 for 10%, starting from
 phase 1's weights with a fresh LAMB optimizer and a fresh schedule (NVIDIA's recipe). Each phase's
@@ -28,7 +28,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from knee_plugins.recipes.bert_pretraining import (
+from scripts.bert.pretraining_utils import (
     BUDGETS,
     MODEL_PRESETS,
     SCHEDULES,
@@ -201,7 +201,7 @@ def main(argv=None):
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration, GradientAccumulationPlugin
 
-    from knee_plugins.recipes.bert_pretraining import bert_config, data_phase_config
+    from scripts.bert.pretraining_utils import bert_config, data_phase_config
 
     data_dir, output_dir = Path(args.data_dir), Path(args.output_dir)
     vocab_file = data_dir / "vocab.txt"
@@ -276,7 +276,7 @@ def main(argv=None):
             return 143
 
     if accelerator.is_main_process:
-        from knee_plugins.recipes.bert_pretraining import plot_metrics, read_metrics
+        from scripts.bert.pretraining_utils import plot_metrics, read_metrics
 
         records = read_metrics(output_dir / "metrics.jsonl")
         if records:
@@ -302,7 +302,7 @@ class PhaseTrainer:
         from transformers import BertForPreTraining, DataCollatorForTokenClassification
 
         from knee_plugins import get_knee_schedule_with_warmup
-        from knee_plugins.recipes.bert_pretraining import (
+        from scripts.bert.pretraining_utils import (
             PretrainingLoss,
             build_lamb,
             load_phase_data,

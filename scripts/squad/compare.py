@@ -1,6 +1,6 @@
 """Compare finished SQuAD runs: a Markdown table of EM/F1 per run and one PNG of their LR and dev F1.
 
-python scripts/squad/compare.py runs/squad/knee/results.json runs/squad/linear/results.json --plot runs/squad/compare.png
+python -m scripts.squad.compare runs/squad/knee/results.json runs/squad/linear/results.json --plot runs/squad/compare.png
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from knee_plugins.recipes import squad
+from scripts.squad import squad_utils as squad
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,7 +1,7 @@
 """Fine-tune a BERT on SQuAD v1.1 with the Knee schedule (or a baseline) under 🤗 Accelerate; report EM/F1.
 
-    accelerate launch scripts/squad/finetune.py --model bert-base-uncased --schedule knee
-    accelerate launch --multi_gpu --num_processes 8 scripts/squad/finetune.py --model bert-base-uncased --schedule knee
+    accelerate launch -m scripts.squad.finetune --model bert-base-uncased --schedule knee
+    accelerate launch --multi_gpu --num_processes 8 -m scripts.squad.finetune --model bert-base-uncased --schedule knee
 
 The shape of transformers' ``run_qa_no_trainer.py``: windows of 384 tokens with a 128-token stride, the
 best start/end span per question (n-best 20, at most 30 tokens), official v1.1 EM/F1. Paper defaults:
@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import AutoModelForQuestionAnswering, AutoTokenizer, DataCollatorWithPadding
 
-from knee_plugins.recipes import squad
+from scripts.squad import squad_utils as squad
 
 logger = get_logger(__name__)
 

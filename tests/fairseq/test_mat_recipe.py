@@ -13,7 +13,9 @@ from fairseq import checkpoint_utils, options
 from knee_fairseq_helpers import clean_env, logged_lrs
 
 from knee_plugins.fairseq_plugin import mat_init
-from knee_plugins.recipes import mat, prepare, translation
+from scripts.common import prepare
+from scripts.mat import run as mat
+from scripts.translation import run as translation
 
 PAPER = {  # task -> (arch, epochs per phase, explore until, phase-2 branches, rho, beam, lenpen, tokens/update)
     "iwslt14": ("transformer_mb_iwslt_de_en", 200, 100, 3, 0.3, 5, 1.2, 4096),

@@ -8,8 +8,8 @@ import pytest
 from knee_fairseq_helpers import logged_lrs, run_cli, updates_in_epoch
 
 from knee_plugins.fairseq_plugin.epoch_budget import fairseq_updates_per_epoch
-from knee_plugins.recipes import translation
 from knee_plugins.schedule import updates_per_epoch
+from scripts.translation import run as translation
 
 pytestmark = pytest.mark.slow
 

@@ -7,8 +7,8 @@ from collections import Counter
 
 import pytest
 
-from knee_plugins.recipes import bert_pretraining as bp
-from knee_plugins.recipes.hf_data import minilm_model_dir
+from scripts.bert import pretraining_utils as bp
+from scripts.common.hf_data import minilm_model_dir
 
 SEQ_LENGTHS = (32, 64)
 MAX_PREDICTIONS = (5, 10)

@@ -1,7 +1,7 @@
 """BERT pretraining under accelerate: the two-phase plan, LAMB, the LR per optimizer step in 1 and 2
 processes, phase 2 from phase 1's weights, resuming after SIGKILL / SIGTERM, and bad input."""
 
-import importlib.util
+import importlib
 import json
 import math
 import os
@@ -15,11 +15,11 @@ import torch
 from accelerate_launch import CPU_ENV, accelerate_launcher
 
 from knee_plugins import KneeSchedule
-from knee_plugins.recipes import bert_pretraining as bp
+from scripts.bert import pretraining_utils as bp
 
 ROOT = Path(__file__).resolve().parents[2]
-PRETRAIN = ROOT / "scripts" / "bert" / "pretrain.py"
-PREPARE = ROOT / "scripts" / "bert" / "prepare_data.py"
+PRETRAIN = "scripts.bert.pretrain"
+PREPARE = "scripts.bert.prepare_data"
 STEPS = (8, 6)
 LRS = (6e-3, 4e-3)
 # Global batch 16 = 1 process x 4 x 4 accumulation = 2 processes x 4 x 2 accumulation.
@@ -41,13 +41,6 @@ TINY = [
 ]
 
 
-def load_script(path, name):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def tiny_config(data_dir):
     """A 2-layer BERT with hidden size 32 (a config file, the way users pass their own shape)."""
     path = Path(data_dir) / "tiny-bert.json"
@@ -62,7 +55,8 @@ def command(data_dir, output_dir, num_processes=1, *extra):
     launcher = accelerate_launcher(num_processes)
     return [
         *launcher,
-        str(PRETRAIN),
+        "-m",
+        PRETRAIN,
         "--data-dir",
         str(data_dir),
         "--output-dir",
@@ -129,7 +123,7 @@ def test_plan_errors_name_the_option():
 
 
 def test_dry_run_prints_steps_warmup_explore_batch_and_lr_at_the_boundaries(capsys):
-    pretrain = load_script(PRETRAIN, "bert_pretrain_dry")
+    pretrain = importlib.import_module(PRETRAIN)
     assert pretrain.main(["--budget", "short", "--per-device-batch-size", "32", "8", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "phase 1: 18769 optimizer steps at seq 128" in out and "phase 2: 2085 optimizer steps at seq 512" in out
@@ -205,7 +199,7 @@ def test_lamb_groups_no_decay_on_bias_and_layernorm():
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("bert-pretrain-data")
-    prepare = load_script(PREPARE, "bert_prepare")
+    prepare = importlib.import_module(PREPARE)
     assert (
         prepare.main(
             [
@@ -378,7 +372,7 @@ def test_sigterm_saves_the_state_at_once_and_the_same_command_resumes(reference,
 
 
 def bad(argv, capsys):
-    pretrain = load_script(PRETRAIN, "bert_pretrain_bad")
+    pretrain = importlib.import_module(PRETRAIN)
     with pytest.raises(SystemExit) as stop:
         pretrain.main(argv)
     assert stop.value.code == 2
@@ -399,7 +393,7 @@ def test_bad_input_names_the_option(data_dir, tmp_path, capsys):
     assert "--model-config" in bad([*base[:-1], "nonexistent.json"], capsys)
     assert "--dry-run" in bad(["--budget", "short"], capsys)
     assert not (tmp_path / "run").exists()
-    prepare = load_script(PREPARE, "bert_prepare_bad")
+    prepare = importlib.import_module(PREPARE)
     with pytest.raises(SystemExit):
         prepare.main(["--output-dir", str(tmp_path / "data"), "--vocab-file", str(tmp_path / "missing-vocab.txt")])
     assert "--vocab-file" in capsys.readouterr().err

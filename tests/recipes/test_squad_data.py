@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib
 import itertools
 import json
 import zipfile
@@ -13,14 +14,14 @@ import numpy as np
 import pytest
 from squad_fixtures import ARTICLES, squad_json, write_squad_files
 
-from knee_plugins.recipes import squad
+from scripts.squad import squad_utils as squad
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
     from transformers import AutoTokenizer
 
-    from knee_plugins.recipes.hf_data import minilm_model_dir
+    from scripts.common.hf_data import minilm_model_dir
 
     return AutoTokenizer.from_pretrained(minilm_model_dir())
 
@@ -235,13 +236,7 @@ def test_subset_is_a_fixed_sample_whatever_the_training_seed(files):
 
 
 def load_script(name):
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[2] / "scripts" / "squad" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"squad_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module(f"scripts.squad.{name}")
 
 
 @pytest.mark.parametrize("script", ["finetune", "train_trainer"])

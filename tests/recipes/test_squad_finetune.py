@@ -19,7 +19,7 @@ from knee_plugins import KneeSchedule
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
-FINETUNE = ROOT / "scripts" / "squad" / "finetune.py"
+FINETUNE = "scripts.squad.finetune"
 LEARNING_RATE = 1e-3
 # 25 questions -> 64 windows of 64 tokens (stride 16); global batch 4 -> 16 updates per epoch, 2 epochs.
 # Dev: 11 questions -> 22 windows; 2 processes x eval batch 4 pad the last batch.
@@ -46,7 +46,7 @@ def setup(tmp_path_factory):
     import torch
     from transformers import AutoTokenizer, BertConfig, BertForQuestionAnswering
 
-    from knee_plugins.recipes.hf_data import minilm_model_dir
+    from scripts.common.hf_data import minilm_model_dir
 
     root = tmp_path_factory.mktemp("squad-e2e")
     tokenizer = AutoTokenizer.from_pretrained(minilm_model_dir())
@@ -70,7 +70,7 @@ def setup(tmp_path_factory):
 
 def launch_command(num_processes: int, output_dir: Path, *args: str) -> list[str]:
     launcher = accelerate_launcher(num_processes)
-    return [*launcher, str(FINETUNE), "--output-dir", str(output_dir), "--no-save-model", *args]
+    return [*launcher, "-m", FINETUNE, "--output-dir", str(output_dir), "--no-save-model", *args]
 
 
 ENV = CPU_ENV
@@ -96,7 +96,7 @@ def knee_lrs() -> list[float]:
 def dev_windows(setup) -> int:
     from transformers import AutoTokenizer
 
-    from knee_plugins.recipes import squad
+    from scripts.squad import squad_utils as squad
 
     tokenizer = AutoTokenizer.from_pretrained(setup["root"] / "model")
     dev = squad.read_squad_json(setup["root"] / "data" / "dev.json")
@@ -171,20 +171,10 @@ def test_resume_after_sigkill_continues_the_lr_trajectory_and_the_data_order(one
     )
 
 
-def load_trainer_script():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "squad_train_trainer", ROOT / "scripts" / "squad" / "train_trainer.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_both_trainer_routes_follow_knee_and_agree_and_linear_is_the_trainers_own(setup, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    trainer_script = load_trainer_script()
+    from scripts.squad import train_trainer as trainer_script
+
     runs = {}
     for route in ("callback", "optimizers"):
         runs[route] = trainer_script.main(

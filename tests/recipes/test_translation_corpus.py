@@ -10,8 +10,9 @@ from pathlib import Path
 import polib
 import pytest
 
-from knee_plugins.recipes import corpus, embedded_corpus
-from knee_plugins.recipes.embedded_corpus import CORPUS_DIR
+from scripts.common import embedded_corpus
+from scripts.common.embedded_corpus import CORPUS_DIR
+from scripts.translation import corpus
 
 
 @pytest.fixture(scope="module")

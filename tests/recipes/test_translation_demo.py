@@ -13,8 +13,8 @@ import transformers
 from fairseq import checkpoint_utils
 from sacremoses import MosesDetokenizer
 
-from knee_plugins.recipes import translation
 from knee_plugins.schedule import knee_factor
+from scripts.translation import run as translation
 
 UPDATES = 14
 HELDOUT = 32

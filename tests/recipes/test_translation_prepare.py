@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from knee_plugins.recipes import prepare
+from scripts.common import prepare
 
 GERMAN = [
     "Das ist ein kleines Haus.",

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from knee_plugins.recipes import report, translation
+from scripts.common import report
+from scripts.translation import run as translation
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import polib
 
-from .embedded_corpus import SPLITS, Pair, write_splits
+from scripts.common.embedded_corpus import SPLITS, Pair, write_splits
 
 logger = logging.getLogger(__name__)
 
@@ -373,7 +373,7 @@ def write_attribution(stats: CorpusStats, sources: Sequence[Source], out_dir: Pa
         "project and its German translation, as shipped in the package listed below. The texts",
         "belong to their authors and translators and stay under each project's licence; this",
         "directory redistributes them unchanged apart from whitespace and GUI mnemonics",
-        "(`_Open`, `&File`). Rebuild with `python scripts/translation/build_corpus.py`.",
+        "(`_Open`, `&File`). Rebuild with `python -m scripts.translation.build_corpus`.",
         "",
         "Kept: translated, non-fuzzy single-line entries with 3 to 80 words on each side (placeholders",
         "not counted), no markup, URL or e-mail address, placeholders at most a fifth of the words,",

@@ -1,6 +1,6 @@
 """The embedded German→English corpus (``data/deen-gettext/`` in this package) and its file format.
 
-Reading it needs only the standard library; building it (:mod:`knee_plugins.recipes.corpus`) needs
+Reading it needs only the standard library; building it (:mod:`scripts.translation.corpus`) needs
 ``polib`` and the network. Each split is two gzipped UTF-8 files, ``{split}.de.gz`` and
 ``{split}.en.gz``; line ``i`` of the two is one pair.
 """
@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-CORPUS_DIR = Path(__file__).resolve().parent / "data" / "deen-gettext"
+CORPUS_DIR = Path(__file__).resolve().parents[1] / "translation" / "data" / "deen-gettext"
 SPLITS = ("train", "valid", "test")
 LANGUAGES = ("de", "en")
 

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .results import RunResult, mean_std, read_results_json
+from scripts.common.results import RunResult, mean_std
 
 
 def _by_label(results: Sequence[RunResult]) -> dict[str, list[RunResult]]:
@@ -171,21 +171,3 @@ def write_plots(results: Sequence[RunResult], out_dir: Path) -> list[Path]:
     plt.close(figure)
     paths.append(out_dir / "bleu.png")
     return paths
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m knee_plugins.recipes.report WORK_DIR``: the table and plots again from results.json."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m knee_plugins.recipes.report", description=main.__doc__)
-    parser.add_argument("work_dir", type=Path, help="a demo's --work-dir (holds results.json)")
-    args = parser.parse_args(argv)
-    results = read_results_json(args.work_dir / "results.json")
-    print(format_table(results))
-    for path in write_plots(results, args.work_dir):
-        print(f"wrote {path}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

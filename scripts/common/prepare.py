@@ -26,7 +26,7 @@ from subword_nmt.apply_bpe import BPE
 from subword_nmt.learn_bpe import learn_bpe
 from tqdm import tqdm
 
-from . import embedded_corpus
+from scripts.common import embedded_corpus
 
 logger = logging.getLogger(__name__)
 

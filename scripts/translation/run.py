@@ -1,11 +1,11 @@
 """The paper's translation recipes (IWSLT'14 De→En, WMT'14 En→De) and the offline demo, as
 ``fairseq-train`` / ``fairseq-generate`` command lines.
 
-``python -m knee_plugins.recipes.translation --task iwslt14 --schedule knee --budget short``
+``python -m scripts.translation.run --task iwslt14 --schedule knee --budget short``
 prepares the data if needed, prints the exact ``fairseq-train`` command and runs it, then scores
 the best-valid checkpoint on test with sacrebleu. ``--dry-run`` only prints. ``--task demo`` is
 the same path on the embedded gettext corpus with a small Transformer, several schedules side by
-side, a table and PNG plots (see :mod:`knee_plugins.recipes.report`).
+side, a table and PNG plots (see :mod:`scripts.common.report`; `python -m scripts.translation.report WORK_DIR` redraws them).
 
 Defaults are the paper's (shared README §2): RAdam (0.9, 0.999), seed LR 3e-4, no warmup,
 clip-norm 25, weight decay 1e-4, label smoothing 0.1; IWSLT'14 dropout 0.3, ~4k tokens per
@@ -49,8 +49,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from . import prepare, report
-from .results import RunResult, write_results_json
+from scripts.common import prepare, report
+from scripts.common.results import RunResult, write_results_json
 
 logger = logging.getLogger(__name__)
 
@@ -528,7 +528,7 @@ def count_updates_per_epoch(run: RunConfig) -> int:
     linear or cosine baseline gets exactly Knee's budget."""
     from fairseq import options, tasks, utils
 
-    from ..fairseq_plugin.epoch_budget import fairseq_updates_per_epoch
+    from knee_plugins.fairseq_plugin.epoch_budget import fairseq_updates_per_epoch
 
     argv = train_command(RunConfig(**{**run.__dict__, "schedule": "knee"}))
     parser = options.get_training_parser()
@@ -556,7 +556,7 @@ def count_updates_per_epoch(run: RunConfig) -> int:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m knee_plugins.recipes.translation",
+        prog="python -m scripts.translation.run",
         description="Train and evaluate the paper's translation recipes with Knee or a baseline schedule.",
     )
     parser.add_argument(

@@ -1,9 +1,0 @@
-"""Prepare, train and evaluate the paper's IWSLT14 recipe; arguments as
-`python -m knee_plugins.recipes.translation` (--task iwslt14 is set). See README.md here."""
-
-import sys
-
-from knee_plugins.recipes.translation import main
-
-if __name__ == "__main__":
-    sys.exit(main(["--task", "iwslt14", *sys.argv[1:]]))
