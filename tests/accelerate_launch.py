@@ -1,5 +1,5 @@
-"""`accelerate launch` on CPU for the tests: one process, or two gloo processes (shared README §3:
-`--cpu --num_processes 2` starts one; `--multi_gpu` with ACCELERATE_USE_CPU=1 starts two)."""
+"""`accelerate launch` on CPU for the tests: one process, or two gloo processes (accelerate's
+`--cpu --num_processes 2` starts only one; `--multi_gpu` with ACCELERATE_USE_CPU=1 starts two)."""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ from knee_plugins.schedule import PHASES, KneeSchedule, knee_factor, resolve_ste
 
 
 def paper_multiplier(t: int, T: int, W: int, E: int, r: float) -> Fraction:
-    """shared README §1, written again with exact fractions: warmup t/W, explore 1, decay to r at T."""
+    """The paper's definition (docs/paper.md) in exact fractions: warmup t/W, explore 1, decay to r at T."""
     r = Fraction(r)
     if W and t < W:
         return Fraction(t, W)

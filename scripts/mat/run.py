@@ -16,7 +16,7 @@ schedule (and seed):
 A finished phase leaves ``result.json`` in its directory and is not trained again when the recipe
 is rerun; an interrupted phase resumes from its ``checkpoint_last.pt`` (fairseq's own resume).
 
-Both phases use the paper's settings (shared README §2): Adam (0.9, 0.98), lr 5e-4, 4000 warmup
+Both phases use the paper's settings (docs/paper.md): Adam (0.9, 0.98), lr 5e-4, 4000 warmup
 updates from 1e-7, no clipping or weight decay, label smoothing 0.1, dropout 0.3, attention and
 activation dropout 0; IWSLT'14 De→En 200 epochs per phase, Knee exploring until epoch 100 (the
 warmup counts towards it: ``--explore-epochs 100``), then decaying linearly to 0 at epoch 200;

@@ -7,7 +7,7 @@ the best-valid checkpoint on test with sacrebleu. ``--dry-run`` only prints. ``-
 the same path on the embedded gettext corpus with a small Transformer, several schedules side by
 side, a table and PNG plots (see :mod:`scripts.common.report`; `python -m scripts.translation.report WORK_DIR` redraws them).
 
-Defaults are the paper's (shared README §2): RAdam (0.9, 0.999), seed LR 3e-4, no warmup,
+Defaults are the paper's (docs/paper.md): RAdam (0.9, 0.999), seed LR 3e-4, no warmup,
 clip-norm 25, weight decay 1e-4, label smoothing 0.1; IWSLT'14 dropout 0.3, ~4k tokens per
 update, 50/35 epochs with explore 40/30; WMT'14 dropout 0.1, ~30k tokens per update, 70/30
 epochs with explore 50/25. The tokens per update are kept whatever the number of GPUs: the

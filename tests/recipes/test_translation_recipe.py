@@ -1,4 +1,4 @@
-"""The recipes' fairseq-train commands carry the paper's settings (shared README §2)."""
+"""The recipes' fairseq-train commands carry the paper's settings (docs/paper.md)."""
 
 from __future__ import annotations
 
