@@ -12,9 +12,11 @@ What each command gets:
   all dry-runs share one interpreter, in a temporary working directory.
 - ``fairseq-train`` / ``fairseq-generate`` / ``fairseq-preprocess`` (also as the script of
   ``torchrun``, ``$(which fairseq-train)`` or ``-m fairseq_cli.train``): fairseq's own parser with the
-  plugin loaded; a training command with a budget also builds its optimizer and LR scheduler, which
-  validates the schedule's options. ``DATA`` is any data directory; ``...`` stands for the user's other
-  options, and where it hides ``--arch``/``--optimizer`` (or, leading, the data) the test fills them in.
+  plugin loaded; a training command with a budget also builds its optimizer and LR scheduler (which
+  validates the schedule's options) and checks the LR of the first update and after the budget
+  (an epoch budget is sized with ``EPOCH_BATCHES`` batches per epoch). ``DATA`` is any data
+  directory; ``...`` stands for the user's other options, and where it hides
+  ``--arch``/``--optimizer`` (or, leading, the data) the test fills them in.
 - ``accelerate launch [flags] script args``: accelerate's launch parser, then the script with
   ``--dry-run`` if it has one, else its ``parse_args(argv)``.
 - ``torchrun``: torch's own parser, then the script as above.
@@ -284,7 +286,31 @@ def check_fairseq(tool: str, argv: list[str]) -> None:
         cfg = convert_namespace_to_omegaconf(args)
         optimizer = optim.build_optimizer(cfg.optimizer, [torch.nn.Parameter(torch.zeros(2))])
         scheduler = build_lr_scheduler(cfg.lr_scheduler, optimizer)
-        assert scheduler.step_update(0) >= 0
+        if callable(getattr(scheduler, "set_epoch_length", None)):
+            scheduler.set_epoch_length(1, EPOCH_BATCHES)  # what fairseq-train reports before the first update
+        first, final = expected_lr_ends(args)
+        assert scheduler.step_update(0) == pytest.approx(first), f"the first update's LR should be {first:g}"
+        assert scheduler.step_update(10**9) == pytest.approx(final), f"the LR after the budget should be {final:g}"
+
+
+# Batches per epoch the fairseq check reports to a scheduler whose budget or durations are in epochs.
+EPOCH_BATCHES = 100
+
+
+def expected_lr_ends(args: argparse.Namespace) -> tuple[float, float]:
+    """The LR of the first update and the LR after the budget, as the documented options define them."""
+    peak = args.lr[0]
+    if args.lr_scheduler == "knee":
+        first = args.warmup_init_lr if args.warmup_updates > 0 else peak
+        if args.end_lr_ratio is not None:
+            return first, args.end_lr_ratio * peak
+        return first, args.end_learning_rate or 0.0
+    if args.lr_scheduler == "one_cycle":
+        return peak / args.div_factor, peak / args.div_factor / args.final_div_factor
+    raise AssertionError(
+        f"--lr-scheduler {args.lr_scheduler}: teach expected_lr_ends in tests/test_docs_commands.py its first "
+        "and final LR"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -358,6 +384,8 @@ BROKEN_COMMANDS = [
      "--explore-updates 200", "explore"),
     ("torchrun --nproc_per_node 2 $(which fairseq-train) DATA ... --lr-scheduler kneee", "invalid choice: 'kneee'"),
     ("fairseq-train DATA ... --distributed-rank $NO_SUCH_VARIABLE", "no placeholder value"),
+    ("fairseq-train DATA --arch transformer --optimizer adam --lr 1e-3 --lr-scheduler cosine --max-update 100",
+     "teach expected_lr_ends"),
     ("accelerate launch --no_such_flag 1 -m scripts.accelerate.train_classifier_knee", "unrecognized arguments"),
     ("accelerate launch -m scripts.accelerate.train_classifier_knee --checkpointing_steps sometimes", "checkpointing_steps"),
     ("python -m scripts.no_such_task.run", "no such module"),

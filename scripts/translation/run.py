@@ -801,6 +801,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "skipped" if result.bleu_tokenized is None else f"{result.bleu_tokenized:.2f}",
             result.wall_seconds,
         )
+    (work_dir / "table.md").write_text(report.format_table(results) + "\n", encoding="utf-8")
     print(report.format_table(results))
     examples = report.format_examples(results)
     if examples:
