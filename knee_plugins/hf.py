@@ -56,8 +56,8 @@ def get_knee_schedule_with_warmup(
 ) -> LambdaLR:
     """
     Create a schedule with a learning rate that increases linearly from 0 to the initial lr set in the optimizer
-    during a warmup period, stays at it while exploring, then decreases linearly to `min_lr_ratio` times the
-    initial lr at `num_training_steps` (the Knee / explore-exploit schedule); the decay can also be cosine or 1-sqrt.
+    during a warmup period, stays at it while exploring, then decays (linearly by default, or along `decay_type`)
+    to `min_lr_ratio` times the initial lr at `num_training_steps` (the Knee / explore-exploit schedule).
 
     Step indexing is transformers': the factor is 0 at step 0 (with warmup), 1 at `num_warmup_steps`, and
     `min_lr_ratio` from `num_training_steps` on. With `min_lr_ratio=0` (or no warmup) it equals
@@ -67,12 +67,14 @@ def get_knee_schedule_with_warmup(
     Args:
         optimizer ([`~torch.optim.Optimizer`]):
             The optimizer for which to schedule the learning rate.
-        num_warmup_steps (`int`):
-            The number of steps for the warmup phase (a float in [0, 1] is a fraction of `num_training_steps`).
+        num_warmup_steps (`int`, `float` or `str`):
+            The warmup phase: a number of steps (`int`), or a fraction of `num_training_steps` (a `float` in
+            [0, 1], or a string such as `"10%"`).
         num_training_steps (`int`):
             The total number of training steps.
-        num_explore_steps (`int`, *optional*):
-            The number of constant-LR steps after warmup. Wins over `explore_ratio`.
+        num_explore_steps (`int`, `float` or `str`, *optional*):
+            The constant-LR phase after warmup, in steps or as a fraction of `num_training_steps` (as
+            `num_warmup_steps`). Wins over `explore_ratio`.
         explore_ratio (`float`, *optional*, defaults to 0.5):
             The explore phase as a fraction of `num_training_steps`, used when `num_explore_steps` is None.
         min_lr_ratio (`float`, *optional*, defaults to 0.0):

@@ -22,7 +22,7 @@ def apply_learning_rates(scheduler: LRScheduler, learning_rates: Sequence[float 
 
 
 class KneeLR(LRScheduler):
-    """Warmup to each group's LR, explore at it, then decay linearly to ``min_lr_ratio`` of it.
+    """Warmup to each group's LR, explore at it, then decay (linearly by default) to ``min_lr_ratio`` of it.
 
     ``lr_g(t) = base_lr_g * m(t)`` with ``m`` from :func:`knee_plugins.schedule.knee_factor`;
     ``t`` is ``last_epoch``, the number of ``step()`` calls so far (call ``step()`` once per
