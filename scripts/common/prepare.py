@@ -10,11 +10,11 @@ and the :class:`PreparationSpec` differ.
 from __future__ import annotations
 
 import io
+import json
 import logging
 import re
 import shutil
 import subprocess
-import sys
 import tarfile
 import urllib.request
 from collections.abc import Iterable, Sequence
@@ -27,6 +27,7 @@ from subword_nmt.learn_bpe import learn_bpe
 from tqdm import tqdm
 
 from scripts.common import embedded_corpus
+from scripts.common.fairseq_cli import fairseq_command
 
 logger = logging.getLogger(__name__)
 
@@ -190,15 +191,6 @@ def prepare_text(raw: dict[str, Parallel], spec: PreparationSpec, out_dir: Path)
     return out_dir
 
 
-def fairseq_command(name: str) -> list[str]:
-    """The console script ``fairseq-<name>`` next to this interpreter, else ``python -m``."""
-    script = Path(sys.executable).with_name(f"fairseq-{name}")
-    if script.exists():
-        return [str(script)]
-    found = shutil.which(f"fairseq-{name}")
-    return [found] if found else [sys.executable, "-m", f"fairseq_cli.{name}"]
-
-
 def binarize_command(text_dir: Path, dest_dir: Path, spec: PreparationSpec, workers: int = 1) -> list[str]:
     command = fairseq_command("preprocess") + [
         "--source-lang",
@@ -291,17 +283,18 @@ def read_iwslt14(orig_dir: Path) -> dict[str, Parallel]:
     train = ([g for i, g in enumerate(german, 1) if i % 23], [e for i, e in enumerate(english, 1) if i % 23])
     valid = ([g for i, g in enumerate(german, 1) if not i % 23], [e for i, e in enumerate(english, 1) if not i % 23])
     test_sets = ("TED.dev2010", "TEDX.dev2012", "TED.tst2010", "TED.tst2011", "TED.tst2012")
-    test = tuple(
+    german_test, english_test = (
         [line for name in test_sets for line in _segments(base / f"IWSLT14.{name}.de-en.{lang}.xml")]
         for lang in ("de", "en")
     )
-    return {"train": train, "valid": valid, "test": test}
+    return {"train": train, "valid": valid, "test": (german_test, english_test)}
 
 
 def read_wmt14(orig_dir: Path) -> dict[str, Parallel]:
     """WMT'14 En→De as ``prepare-wmt14en2de.sh`` builds it: Europarl v7 + Common Crawl + News
     Commentary v12 for training, every 100th line as valid, newstest2014 as test."""
-    english, german = [], []
+    english: list[str] = []
+    german: list[str] = []
     for name in WMT14_TRAIN_CORPORA:
         for lang, lines in (("en", english), ("de", german)):
             matches = sorted(orig_dir.rglob(f"{name}.{lang}"))
@@ -326,3 +319,71 @@ def download_wmt14(orig_dir: Path) -> Path:
     for url in WMT14_URLS:
         download(url, orig_dir)
     return orig_dir
+
+
+# --- one task's data, prepared once --------------------------------------------------------------
+
+# The direction in which each task's raw reader returns its pairs.
+TASK_DIRECTIONS = {"iwslt14": ("de", "en"), "wmt14": ("en", "de"), "demo": ("de", "en")}
+
+
+def read_task(
+    task: str, orig_dir: Path, train_pairs: int | None = None, heldout_pairs: int | None = None
+) -> dict[str, Parallel]:
+    """The raw pairs of ``task`` in its reader's direction (:data:`TASK_DIRECTIONS`): the embedded
+    corpus (optionally only its first pairs), or IWSLT'14 / WMT'14 downloaded once into ``orig_dir``."""
+    if task == "demo":
+        return read_embedded_corpus(max_train_pairs=train_pairs, max_heldout_pairs=heldout_pairs)
+    if task == "iwslt14":
+        return read_iwslt14(download_iwslt14(orig_dir))
+    if task == "wmt14":
+        return read_wmt14(download_wmt14(orig_dir))
+    raise ValueError(f"task must be one of {', '.join(TASK_DIRECTIONS)}, got {task!r}")
+
+
+def prepare_task(
+    task: str,
+    spec: PreparationSpec,
+    data_dir: Path,
+    *,
+    orig_dir: Path,
+    train_pairs: int | None = None,
+    heldout_pairs: int | None = None,
+) -> tuple[Path, list[str]]:
+    """Prepare ``task``'s data in ``data_dir`` in the direction of ``spec`` (its reader's, or the
+    reverse: MAT reads WMT'14 En-De and trains De→En) and return the data-bin directory and the raw
+    test references.
+
+    ``prepared.json`` (task, spec, pair limits) marks finished data: a rerun with the same stamp reuses
+    it. Otherwise whatever an earlier preparation left (other settings, or the half-written outputs of
+    an interrupted one) is removed first, so that ``fairseq-preprocess`` starts from nothing."""
+    native = TASK_DIRECTIONS.get(task)
+    if native is None:
+        raise ValueError(f"task must be one of {', '.join(TASK_DIRECTIONS)}, got {task!r}")
+    direction = (spec.source_lang, spec.target_lang)
+    if direction not in (native, native[::-1]):
+        raise ValueError(f"spec translates {'→'.join(direction)}, but {task} holds {'-'.join(native)} pairs")
+    data_bin, text_dir = data_dir / "data-bin", data_dir / "text"
+    raw_test = data_dir / f"raw-test.{spec.target_lang}"
+    stamp_path = data_dir / "prepared.json"
+    stamp = {"task": task, "spec": repr(spec), "train_pairs": train_pairs, "heldout_pairs": heldout_pairs}
+    if (
+        stamp_path.exists()
+        and json.loads(stamp_path.read_text(encoding="utf-8")) == stamp
+        and (data_bin / f"dict.{spec.target_lang}.txt").exists()
+        and raw_test.exists()
+    ):
+        logger.info("reusing the prepared data in %s", data_dir)
+        return data_bin, read_lines(raw_test)
+    stamp_path.unlink(missing_ok=True)
+    for stale in (data_bin, text_dir):
+        if stale.exists():
+            logger.info("removing %s, left by an earlier preparation", stale)
+            shutil.rmtree(stale)
+    raw = read_task(task, orig_dir, train_pairs, heldout_pairs)
+    if direction != native:
+        raw = {split: (target, source) for split, (source, target) in raw.items()}
+    prepare(raw, spec, data_dir)
+    write_lines(raw_test, raw["test"][1])
+    stamp_path.write_text(json.dumps(stamp) + "\n", encoding="utf-8")
+    return data_bin, raw["test"][1]

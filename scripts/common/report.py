@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from scripts.common import sweep
 from scripts.common.results import RunResult, mean_std
 
 
@@ -25,7 +26,16 @@ def format_table(results: Sequence[RunResult]) -> str:
     and ppl, updates, wall time (and the peak LR when the runs recorded it); mean ± std when there
     are several seeds."""
     with_lr = any(r.peak_lr is not None for r in results)
-    header = ("schedule", "seeds", "BLEU tok", "BLEU detok", "valid loss", "valid ppl", "updates", "wall s")
+    header: tuple[str, ...] = (
+        "schedule",
+        "seeds",
+        "BLEU tok",
+        "BLEU detok",
+        "valid loss",
+        "valid ppl",
+        "updates",
+        "wall s",
+    )
     header = header[:2] + ("peak LR",) + header[2:] if with_lr else header
     rows = [header, tuple("---" for _ in header)]
     for label, group in _by_label(results).items():
@@ -65,13 +75,11 @@ def format_examples(results: Sequence[RunResult]) -> str:
 
 
 def best_learning_rates(records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
-    """Per schedule, the swept peak LR with the lowest best valid loss."""
-    best: dict[str, Mapping[str, Any]] = {}
-    for record in records:
-        current = best.get(record["schedule"])
-        if current is None or record["best_valid_loss"] < current["best_valid_loss"]:
-            best[record["schedule"]] = record
-    return {schedule: float(record["lr"]) for schedule, record in best.items()}
+    """Per schedule, the swept peak LR with the lowest best valid loss (the sweep's rule,
+    :func:`scripts.common.sweep.best_learning_rates`)."""
+    return sweep.best_learning_rates(
+        sweep.SweepRecord(r["schedule"], float(r["lr"]), float(r["best_valid_loss"])) for r in records
+    )
 
 
 def format_sweep_table(records: Sequence[Mapping[str, Any]]) -> str:
@@ -86,7 +94,7 @@ def format_sweep_table(records: Sequence[Mapping[str, Any]]) -> str:
             "-" if lr not in losses else (f"**{losses[lr]:.3f}**" if lr == chosen[schedule] else f"{losses[lr]:.3f}")
             for lr in learning_rates
         ]
-        edge = " (grid edge)" if len(losses) > 1 and chosen[schedule] in (min(losses), max(losses)) else ""
+        edge = " (grid edge)" if sweep.on_grid_edge(losses, chosen[schedule]) else ""
         rows.append((schedule, *cells, f"{chosen[schedule]:g}{edge}"))
     return "\n".join("| " + " | ".join(row) + " |" for row in rows)
 

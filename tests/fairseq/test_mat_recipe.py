@@ -14,8 +14,8 @@ from knee_fairseq_helpers import clean_env, logged_lrs
 
 from knee_plugins.fairseq_plugin import mat_init
 from scripts.common import prepare
+from scripts.common.fairseq_recipe import DEMO, TaskRecipe, plan_batches
 from scripts.mat import run as mat
-from scripts.translation import run as translation
 
 PAPER = {  # task -> (arch, epochs per phase, explore until, phase-2 branches, rho, beam, lenpen, tokens/update)
     "iwslt14": ("transformer_mb_iwslt_de_en", 200, 100, 3, 0.3, 5, 1.2, 4096),
@@ -95,7 +95,25 @@ def test_demo_dry_run_explores_half_of_each_phase(capsys):
     (phase1, _, phase2, _, _), _ = dry_run(capsys, "--task", "demo", "--max-updates", "200")
     for command in (phase1, phase2):
         args = fairseq_args(command)
-        assert args.max_update == 200 and args.warmup_updates == 20 and args.explore_updates == 80
+        assert args.max_update == 200 and args.warmup_updates == 12 and args.explore_updates == 100 - 12
+
+
+def test_demo_inherits_the_translation_demos_calibrated_settings(capsys):
+    """The MAT demo trains the translation demo's model on its data and batch, at its peak LRs (2e-3 for
+    Knee and inverse-sqrt), without dropout, with its warmup ratio and explore, for 800 updates a phase."""
+    groups = dry_run(capsys, "--task", "demo")
+    for (phase1, _, phase2, _, _), schedule in zip(groups, mat.SCHEDULES, strict=True):
+        for phase, command in ((1, phase1), (2, phase2)):
+            args = fairseq_args(command)
+            assert args.arch == "transformer_mb" and args.encoder_embed_dim == 128 and args.encoder_layers == 2
+            assert args.lr == [DEMO.lr_of(schedule)] == [2e-3] and args.lr_scheduler == schedule
+            assert args.dropout == 0 == DEMO.dropout and args.max_tokens == DEMO.tokens_per_update
+            assert ast.literal_eval(args.adam_betas) == DEMO.betas
+            assert args.max_update == 800 and args.warmup_updates == round(DEMO.warmup_ratio * 800) == 48
+            assert args.clip_norm == 0 and args.weight_decay == 0 and args.warmup_init_lr == 1e-7
+            assert (args.encoder_branches, args.branch_dropout) == ((1, 0.0) if phase == 1 else (3, 0.3))
+            if schedule == "knee":
+                assert args.explore_updates == round(DEMO.explore["full"] * 800) - 48
 
 
 def test_bad_arguments_fail_before_anything_runs(capsys):
@@ -117,7 +135,7 @@ def test_two_phases_init_and_generate(data_bin, tmp_path):
     """Phase 1 (1 branch) and phase 2 (3 branches, drop-branch) through fairseq-train with
     ``--lr-scheduler knee`` over 2 epochs each, knee-mat-init in between, then fairseq-generate
     on the phase-2 best checkpoint with torch's default weights_only loading."""
-    task = translation.TaskRecipe(
+    task = TaskRecipe(
         "tiny",
         prepare.DEMO_SPEC,
         arch="transformer_mb",
@@ -127,6 +145,7 @@ def test_two_phases_init_and_generate(data_bin, tmp_path):
         budget={"full": 2},
         explore={"full": 1},
         lr=1e-3,
+        optimizer="adam",
         betas=(0.9, 0.98),
         clip_norm=0.0,
         weight_decay=0.0,
@@ -158,7 +177,7 @@ def test_two_phases_init_and_generate(data_bin, tmp_path):
         generate_args=("--lenpen", "1.2", "--max-len-b", "12"),
     )
     recipe = mat.MatRecipe(task, branches=3, branch_dropout=0.3, warmup_updates=3)
-    run = mat.MatRun(recipe, "knee", 1, data_bin, tmp_path, translation.plan_batches(300, 300, 1), cpu=True)
+    run = mat.MatRun(recipe, "knee", 1, data_bin, tmp_path, plan_batches(300, 300, 1), cpu=True)
 
     def train(phase: int) -> str:
         command = mat.train_command(run, phase)
@@ -197,7 +216,7 @@ def test_two_phases_init_and_generate(data_bin, tmp_path):
         out2 = model2(**sample["net_input"])[0]
     assert torch.allclose(out1, out2, atol=1e-5), (out1 - out2).abs().max()
 
-    command = translation.generate_command(run.translation_run(2), run.phase_dir(2) / "checkpoint_best.pt")
+    command = mat.generate(run, 2)
     generate = subprocess.run(
         command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=clean_env(), timeout=300
     )

@@ -9,7 +9,7 @@ from knee_fairseq_helpers import logged_lrs, run_cli, updates_in_epoch
 
 from knee_plugins.fairseq_plugin.epoch_budget import fairseq_updates_per_epoch
 from knee_plugins.schedule import updates_per_epoch
-from scripts.translation import run as translation
+from scripts.common import fairseq_recipe
 
 pytestmark = pytest.mark.slow
 
@@ -19,17 +19,17 @@ def test_recipe_epoch_length_equals_the_updates_of_a_real_epoch(data_bin, tmp_pa
     extra = ["--skip-remainder-batch"] if skip_remainder else []
     # the demo's settings with a budget in epochs, as the paper's tasks have it
     recipe = dataclasses.replace(
-        translation.TASKS["demo"], budget_unit="epochs", budget={"full": 1}, explore={"full": 0.5}, warmup_ratio=0.0
+        fairseq_recipe.DEMO, budget_unit="epochs", budget={"full": 1}, explore={"full": 0.5}, warmup_ratio=0.0
     )
-    run = translation.RunConfig(
+    run = fairseq_recipe.RunConfig(
         recipe, "knee", "full", 1, data_bin, tmp_path / "ckpt",
-        translation.BatchPlan(world_size=1, max_tokens=300, update_freq=3), cpu=True,
+        fairseq_recipe.BatchPlan(world_size=1, max_tokens=300, update_freq=3), cpu=True,
         extra=[*extra, "--disable-validation", "--encoder-layers", "1", "--decoder-layers", "1",
                "--encoder-embed-dim", "16", "--decoder-embed-dim", "16",
                "--encoder-ffn-embed-dim", "32", "--decoder-ffn-embed-dim", "32", "--log-interval", "1"],
     )  # fmt: skip
-    measured = translation.count_updates_per_epoch(run)
-    command = translation.train_command(run)
+    measured = fairseq_recipe.count_updates_per_epoch(run)
+    command = fairseq_recipe.train_command(run)
     output = run_cli(command[0].rsplit("/", 1)[-1], *command[1:], "--max-update", "0", "--max-epoch", "1").stdout
     assert updates_in_epoch(output) == measured > 0
 

@@ -14,6 +14,7 @@ from fairseq import checkpoint_utils
 from sacremoses import MosesDetokenizer
 
 from knee_plugins.schedule import knee_factor
+from scripts.common import sweep
 from scripts.translation import run as translation
 
 UPDATES = 14
@@ -150,7 +151,7 @@ def test_tiny_demo_runs_every_schedule_with_its_reference_lr(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_tiny_lr_sweep_picks_the_best_widens_an_edge_winner_and_reuses_runs(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(translation, "MAX_SWEEP_WIDENINGS", 1)
+    monkeypatch.setattr(sweep, "MAX_WIDENINGS", 1)
     argv = [*TINY_DEMO, "--work-dir", str(tmp_path), "--schedule", "knee", "--sweep-lr", "3e-4", "3e-3",
             "--fairseq-args", "--save-interval-updates 7"]  # fmt: skip
     assert translation.main(argv) == 0

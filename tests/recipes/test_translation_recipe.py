@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from scripts.common import report
+from scripts.common import fairseq_recipe, report, sweep
+from scripts.common.runner import pick_example_ids
 from scripts.translation import run as translation
 
 REPO = Path(__file__).resolve().parents[2]
@@ -66,14 +67,14 @@ def test_shared_settings_and_batch(capsys, task, world_size):
         "--task",
         task,
         "--schedule",
-        *translation.SCHEDULES,
+        *fairseq_recipe.SCHEDULES,
         "--budget",
         "full",
         "short",
         "--world-size",
         str(world_size),
     )
-    assert len(commands) == len(translation.SCHEDULES) * 2
+    assert len(commands) == len(fairseq_recipe.SCHEDULES) * 2
     for options in commands:
         assert value(options, "--arch") == paper["arch"]
         assert value(options, "--optimizer") == "radam"
@@ -93,8 +94,8 @@ def test_shared_settings_and_batch(capsys, task, world_size):
 def test_schedules_and_budgets(capsys, task, budget):
     paper = PAPER[task]
     epochs = paper["epochs"][budget]
-    commands = dry_run(capsys, "--task", task, "--schedule", *translation.SCHEDULES, "--budget", budget)
-    by_schedule = dict(zip(translation.SCHEDULES, commands, strict=False))
+    commands = dry_run(capsys, "--task", task, "--schedule", *fairseq_recipe.SCHEDULES, "--budget", budget)
+    by_schedule = dict(zip(fairseq_recipe.SCHEDULES, commands, strict=False))
     for options in commands:
         assert int(value(options, "--max-epoch")) == epochs
     knee = by_schedule["knee"]
@@ -167,18 +168,18 @@ def test_paper_tasks_keep_radam_and_no_warmup(capsys):
 
 def test_example_ids_are_spread_and_of_readable_length():
     references = ["short"] * 10 + ["a sentence of exactly seven words here"] * 30 + ["x " * 40] * 5
-    ids = translation.pick_example_ids(references, 3)
+    ids = pick_example_ids(references, 3)
     assert ids == [10, 20, 30]
-    assert translation.pick_example_ids(references, 0) == []
-    assert translation.pick_example_ids(["one two"], 3) == [0]
+    assert pick_example_ids(references, 0) == []
+    assert pick_example_ids(["one two"], 3) == [0]
 
 
 def test_plan_batches_keeps_tokens_per_update():
-    assert translation.plan_batches(30000, 3750, 1) == translation.BatchPlan(1, 3750, 8)
-    assert translation.plan_batches(30000, 3750, 4) == translation.BatchPlan(4, 3750, 2)
-    assert translation.plan_batches(4096, 4096, 2) == translation.BatchPlan(2, 2048, 1)
+    assert fairseq_recipe.plan_batches(30000, 3750, 1) == fairseq_recipe.BatchPlan(1, 3750, 8)
+    assert fairseq_recipe.plan_batches(30000, 3750, 4) == fairseq_recipe.BatchPlan(4, 3750, 2)
+    assert fairseq_recipe.plan_batches(4096, 4096, 2) == fairseq_recipe.BatchPlan(2, 2048, 1)
     with pytest.raises(ValueError, match="--world-size"):
-        translation.plan_batches(4096, 4096, 0)
+        fairseq_recipe.plan_batches(4096, 4096, 0)
 
 
 def test_bad_flags_are_named(capsys):
@@ -201,10 +202,27 @@ def test_committed_lr_sweep_ran_the_current_demo_and_chose_its_peak_lrs(capsys):
     """docs/demo-lr-sweep.json is the sweep of the demo as it is now (same commands but for paths), and
     DEMO_PEAK_LR holds its winners: a change to the demo's settings must come with a new sweep."""
     records = json.loads((REPO / "docs" / "demo-lr-sweep.json").read_text(encoding="utf-8"))
-    assert translation.DEMO_PEAK_LR == report.best_learning_rates(records)
-    assert set(translation.DEMO_PEAK_LR) == set(translation.SCHEDULES)
+    assert fairseq_recipe.DEMO_PEAK_LR == report.best_learning_rates(records)
+    assert set(fairseq_recipe.DEMO_PEAK_LR) == set(fairseq_recipe.SCHEDULES)
     for record in records:
         argv = ["--task", "demo", "--schedule", record["schedule"], "--sweep-lr", f"{record['lr']:g}", "--dry-run"]
         assert translation.main(argv) == 0
         (expected,) = capsys.readouterr().out.splitlines()
         assert _without_paths(record["command"]) == _without_paths(expected), record["schedule"]
+
+
+def test_committed_lr_sweep_trained_what_the_sweep_protocol_trains():
+    """Replayed through the shared sweep (its grid, widening and choice), the committed sweep trains
+    exactly the runs it holds (one-cycle's edge winner 4e-3 widened once, to 8e-3) and nothing else."""
+    records = json.loads((REPO / "docs" / "demo-lr-sweep.json").read_text(encoding="utf-8"))
+    losses = {(r["schedule"], r["lr"]): r["best_valid_loss"] for r in records}
+    trained = []
+
+    def train(schedule: str, lr: float) -> sweep.SweepRecord:
+        trained.append((schedule, lr))
+        return sweep.SweepRecord(schedule, lr, losses[schedule, lr])
+
+    schedules = list(dict.fromkeys(r["schedule"] for r in records))
+    replayed = sweep.run_sweep(schedules, [1e-3, 2e-3, 4e-3], train, lambda schedule, lr: None)
+    assert trained == [(r["schedule"], r["lr"]) for r in records]
+    assert sweep.best_learning_rates(replayed) == fairseq_recipe.DEMO_PEAK_LR
