@@ -31,6 +31,8 @@ from pathlib import Path
 from scripts.bert.pretraining_utils import (
     BUDGETS,
     MODEL_PRESETS,
+    PHASE1_OPTIMIZER_FILE,
+    PHASE2_OPTIMIZER_STARTS,
     SCHEDULES,
     format_plan,
     plan_phases,
@@ -61,6 +63,14 @@ def parse_args(argv=None):
         default=None,
         help="start from these BertForPreTraining weights (a save_pretrained folder); with --phase 2 alone, "
         "phase 1's weights (default: OUTPUT_DIR/phase1/final)",
+    )
+    data.add_argument(
+        "--phase2-optimizer",
+        choices=PHASE2_OPTIMIZER_STARTS,
+        default="carry",
+        help="how phase 2's LAMB starts: carry (default, as NVIDIA's run_pretraining.py: phase 1's moments, "
+        "step counters reset, phase 2's LR and schedule; phase 1 keeps them in phase1/final/optimizer.pt) "
+        "or fresh (new moments)",
     )
     plan = parser.add_argument_group("plan (one value for both phases, or two: phase 1 phase 2)")
     plan.add_argument(
@@ -238,6 +248,13 @@ def main(argv=None):
         parser.error(
             f"--phase 2 needs phase 1's weights: {output_dir}/phase1/final does not exist; pass --init-checkpoint"
         )
+    if args.phase == "2" and args.phase2_optimizer == "carry":
+        phase1_state = Path(args.init_checkpoint or output_dir / "phase1" / "final") / PHASE1_OPTIMIZER_FILE
+        if not phase1_state.is_file():
+            parser.error(
+                f"--phase2-optimizer carry needs phase 1's LAMB state, {phase1_state}, which does not exist; "
+                "pass --phase2-optimizer fresh to start phase 2 with new moments"
+            )
 
     # Each phase sets its own accumulation; optimizer steps are counted in micro-batches, not epochs.
     accelerator = Accelerator(
@@ -286,6 +303,63 @@ def main(argv=None):
     return 0
 
 
+def capture_rng() -> dict:
+    """The host RNGs that ``accelerator.save_state`` records (the data order has its own seeded generators)."""
+    import random
+
+    import numpy as np
+    import torch
+
+    state = {"random": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict) -> None:
+    import random
+
+    import numpy as np
+    import torch
+
+    random.setstate(state["random"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# What a resumed phase must share with the saved one besides its plan: each differing value is refused.
+RESUME_SETTINGS = ("seed", "data_dir", "weight_decay", "max_grad_norm", "phase2_optimizer", "model_config")
+
+
+def resume_settings(args) -> dict:
+    settings = {name: getattr(args, name) for name in RESUME_SETTINGS}
+    settings["data_dir"] = str(Path(args.data_dir).resolve())
+    return settings
+
+
+def resume_refusal(saved: dict, now: dict) -> str | None:
+    """Why a phase saved under ``saved`` cannot resume under ``now`` (None: it can)."""
+    if "plan" not in saved:  # plan.json of an older version held the plan alone
+        saved = {"plan": saved, "settings": {}}
+    differences = []
+    for name, value in now["settings"].items():
+        if saved["settings"].get(name, value) != value:
+            differences.append(f"--{name.replace('_', '-')} {saved['settings'][name]} (saved) vs {value} (now)")
+    for name, value in now["plan"].items():
+        if saved["plan"].get(name) != value:
+            differences.append(f"plan {name} {saved['plan'].get(name)} (saved) vs {value} (now)")
+    return "; ".join(differences) or None
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file renamed over it: a kill leaves the old or the new file."""
+    staging = path.with_name(path.name + ".tmp")
+    staging.write_text(text, encoding="utf-8")
+    os.replace(staging, path)
+
+
 class PhaseTrainer:
     """Runs one phase at a time with the same Accelerator, resuming from the phase's newest state."""
 
@@ -301,13 +375,7 @@ class PhaseTrainer:
         from tqdm.auto import tqdm
         from transformers import BertForPreTraining, DataCollatorForTokenClassification
 
-        from knee_plugins import get_knee_schedule_with_warmup
-        from scripts.bert.pretraining_utils import (
-            PretrainingLoss,
-            build_lamb,
-            load_phase_data,
-            nvidia_poly_warmup_factor,
-        )
+        from scripts.bert.pretraining_utils import PretrainingLoss, build_lamb, carry_optimizer_state, load_phase_data
 
         accelerator, args = self.accelerator, self.args
         phase_dir = self.output_dir / f"phase{plan.phase}"
@@ -350,25 +418,12 @@ class PhaseTrainer:
             )
 
         optimizer = build_lamb(model, plan.learning_rate, args.weight_decay, args.max_grad_norm)
-        if plan.schedule == "knee":
-            scheduler = get_knee_schedule_with_warmup(
-                optimizer,
-                num_warmup_steps=plan.warmup_steps,
-                num_training_steps=plan.steps,
-                num_explore_steps=plan.explore_steps,
+        if plan.phase == 2 and args.phase2_optimizer == "carry":
+            carry_optimizer_state(
+                optimizer, torch.load(init / PHASE1_OPTIMIZER_FILE, weights_only=True), plan.learning_rate
             )
-        elif plan.schedule == "linear":
-            from transformers import get_linear_schedule_with_warmup
-
-            scheduler = get_linear_schedule_with_warmup(optimizer, plan.warmup_steps, plan.steps)
-        else:
-            from functools import partial
-
-            from torch.optim.lr_scheduler import LambdaLR
-
-            scheduler = LambdaLR(
-                optimizer, partial(nvidia_poly_warmup_factor, total_steps=plan.steps, warmup=plan.poly_warmup)
-            )
+            logger.info("phase 2 starts from phase 1's LAMB moments (%s)", init / PHASE1_OPTIMIZER_FILE)
+        scheduler = plan.build_scheduler(optimizer)
 
         model, optimizer, train_dataloader, scheduler = accelerator.prepare(
             model, optimizer, train_dataloader, scheduler
@@ -383,19 +438,23 @@ class PhaseTrainer:
                 "or lower --global-batch-size"
             )
 
-        # Resume from the newest complete state of this phase, if it was saved under the same plan.
+        # Resume from the newest complete state of this phase, if it was saved under the same plan and settings.
         checkpoint_dir = phase_dir / "checkpoints"
         plan_file = phase_dir / "plan.json"
         completed = 0
         saved = sorted(checkpoint_dir.glob("step_*[0-9]")) if checkpoint_dir.is_dir() else []
-        if saved and plan_file.is_file() and json.loads(plan_file.read_text()) != asdict(plan):
-            raise SystemExit(
-                f"{saved[-1]} was saved under another plan ({plan_file}: {plan_file.read_text().strip()}); resume with the "
-                f"same options and number of processes, or use a new --output-dir"
-            )
+        identity = {"plan": asdict(plan), "settings": resume_settings(args)}
+        if saved and plan_file.is_file():
+            refusal = resume_refusal(json.loads(plan_file.read_text()), identity)
+            if refusal:
+                raise SystemExit(
+                    f"{saved[-1]} was saved under another plan: {refusal}; resume with the same options and number "
+                    "of processes, or use a new --output-dir"
+                )
+        accelerator.wait_for_everyone()  # every rank has read plan.json before the main process rewrites it
         if accelerator.is_main_process:
             phase_dir.mkdir(parents=True, exist_ok=True)
-            plan_file.write_text(json.dumps(asdict(plan)) + "\n")
+            write_atomically(plan_file, json.dumps(identity) + "\n")
             for partial_save in checkpoint_dir.glob("*.tmp") if checkpoint_dir.is_dir() else []:
                 shutil.rmtree(partial_save, ignore_errors=True)  # a save cut short by a kill
         if saved:
@@ -413,6 +472,7 @@ class PhaseTrainer:
             desc=f"phase {plan.phase}",
             disable=not accelerator.is_local_main_process,
         )
+        step_rng, step_micro_batches = capture_rng(), accelerator.step
         window, window_steps = torch.zeros(2, device=accelerator.device), 0
         step_losses = torch.zeros(2, device=accelerator.device)
         step_sequences = torch.zeros((), dtype=torch.long, device=accelerator.device)
@@ -434,8 +494,15 @@ class PhaseTrainer:
                 step_losses += torch.stack([mlm_loss.detach(), nsp_loss.detach()]) / plan.gradient_accumulation_steps
                 step_sequences += batch["input_ids"].shape[0]
                 if not accelerator.sync_gradients:
+                    if self._stop_requested():
+                        # The weights and LAMB are still those of the last completed step: save them with the
+                        # RNG as it was then, so the resumed run replays this step's micro-batches exactly.
+                        restore_rng(step_rng)
+                        accelerator.step = step_micro_batches  # save_state records accumulate()'s counter too
+                        return self._stop(checkpoint_dir, plan.phase, completed, progress, "mid-accumulation")
                     continue
                 completed += 1
+                step_rng, step_micro_batches = capture_rng(), accelerator.step
                 progress.update(1)
                 window += accelerator.reduce(step_losses, reduction="mean")
                 window_steps += 1
@@ -463,17 +530,8 @@ class PhaseTrainer:
                             handle.write(json.dumps(record) + "\n")
                     window.zero_()
                     window_steps = 0
-                if self.stop["requested"]:
-                    accelerator.set_trigger()
-                if accelerator.check_trigger():
-                    self._save_state(checkpoint_dir, completed)
-                    logger.warning(
-                        "SIGTERM: saved the state at phase %d step %d; run the same command to resume",
-                        plan.phase,
-                        completed,
-                    )
-                    progress.close()
-                    return "stopped"
+                if self._stop_requested():
+                    return self._stop(checkpoint_dir, plan.phase, completed, progress, "at a step boundary")
                 if completed % args.checkpointing_steps == 0 and completed < plan.steps:
                     self._save_state(checkpoint_dir, completed)
                 if completed >= plan.steps:
@@ -483,6 +541,8 @@ class PhaseTrainer:
         train_seconds = time.perf_counter() - start_time
 
         evaluation = self._evaluate(model, eval_dataloader) if eval_dataloader is not None else {}
+        if evaluation is None:
+            return self._stop(checkpoint_dir, plan.phase, completed, progress, "during the final evaluation")
         summary = {
             "phase": plan.phase,
             "steps": plan.steps,
@@ -498,6 +558,8 @@ class PhaseTrainer:
             staging = phase_dir / "final.tmp"
             shutil.rmtree(staging, ignore_errors=True)
             accelerator.unwrap_model(model).model.save_pretrained(str(staging))
+            if plan.phase == 1:
+                torch.save(optimizer.state_dict(), staging / PHASE1_OPTIMIZER_FILE)
             self.tokenizer.save_pretrained(str(staging))
             (staging / "phase_done.json").write_text(json.dumps(summary, indent=2) + "\n")
             shutil.rmtree(final_dir, ignore_errors=True)
@@ -516,6 +578,8 @@ class PhaseTrainer:
             for index, batch in enumerate(dataloader):
                 if index >= self.args.eval_batches:
                     break
+                if self._stop_requested():
+                    return None
                 stats = accelerator.gather_for_metrics(model(**batch, per_example=True))
                 totals += torch.stack(
                     [
@@ -534,6 +598,20 @@ class PhaseTrainer:
             "eval_nsp_loss": (totals[2] / totals[4]).item(),
             "eval_nsp_accuracy": (totals[3] / totals[4]).item(),
         }
+
+    def _stop_requested(self):
+        """SIGTERM reached any process (a collective: every rank calls it at the same micro-batch)."""
+        if self.stop["requested"]:
+            self.accelerator.set_trigger()
+        return self.accelerator.check_trigger()
+
+    def _stop(self, checkpoint_dir, phase, completed, progress, where):
+        self._save_state(checkpoint_dir, completed)
+        logger.warning(
+            "SIGTERM (%s): saved the state at phase %d step %d; run the same command to resume", where, phase, completed
+        )
+        progress.close()
+        return "stopped"
 
     def _save_state(self, checkpoint_dir, completed):
         """save_state into a staging folder renamed when complete, so a kill mid-save leaves the previous state usable."""
@@ -564,7 +642,7 @@ class PhaseTrainer:
             record = json.loads(line)
             if record["phase"] < phase or (record["phase"] == phase and record["step"] <= completed):
                 kept.append(line)
-        self.metrics_path.write_text("".join(f"{line}\n" for line in kept))
+        write_atomically(self.metrics_path, "".join(f"{line}\n" for line in kept))
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ of each phase, then linear to 0; baseline ``linear``: warmup then linear to 0; `
 from __future__ import annotations
 
 import bz2
+import copy
 import hashlib
 import importlib.util
 import json
@@ -32,6 +33,7 @@ import random
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
@@ -509,9 +511,14 @@ def data_phase_config(data_dir: str | Path, phase: int) -> dict[str, Any]:
 def nvidia_poly_warmup_factor(
     step: int, *, total_steps: int, warmup: float, degree: float = NVIDIA_POLY_DEGREE
 ) -> float:
-    """NVIDIA's ``PolyWarmUpScheduler`` multiplier at ``step``: ``p / warmup`` while the progress
-    ``p = step / total_steps`` is below ``warmup``, then ``(1 - p) ** degree`` (0 from the end on)."""
-    progress = step / total_steps
+    """NVIDIA's ``PolyWarmUpScheduler`` multiplier for the update made after ``step`` completed updates.
+
+    NVIDIA's ``run_pretraining.py`` steps that scheduler *before* the optimizer, with
+    ``last_epoch = step + 1``, so update ``k`` (0-based) uses the progress ``p = (k + 1) / total_steps``:
+    ``p / warmup`` while ``p < warmup``, then ``(1 - p) ** degree``. The first update has a non-zero
+    LR and the last one (``k = total_steps - 1``) has LR 0.
+    """
+    progress = (step + 1) / total_steps
     if progress < warmup:
         return progress / warmup
     return max(0.0, 1.0 - progress) ** degree
@@ -542,6 +549,25 @@ class PhasePlan:
         return KneeSchedule(self.steps, self.warmup_steps, self.explore_steps if self.schedule == "knee" else 0).factor(
             step
         )
+
+    def build_scheduler(self, optimizer: Any) -> Any:
+        """The phase's torch LR scheduler, stepped once after each optimizer update."""
+        if self.schedule == "knee":
+            from knee_plugins import get_knee_schedule_with_warmup
+
+            return get_knee_schedule_with_warmup(
+                optimizer,
+                num_warmup_steps=self.warmup_steps,
+                num_training_steps=self.steps,
+                num_explore_steps=self.explore_steps,
+            )
+        if self.schedule == "linear":
+            from transformers import get_linear_schedule_with_warmup
+
+            return get_linear_schedule_with_warmup(optimizer, self.warmup_steps, self.steps)
+        from torch.optim.lr_scheduler import LambdaLR
+
+        return LambdaLR(optimizer, partial(nvidia_poly_warmup_factor, total_steps=self.steps, warmup=self.poly_warmup))
 
     def learning_rate_at(self, step: int) -> float:
         return self.learning_rate * self.factor(step)
@@ -824,6 +850,27 @@ def build_lamb(
     )
     optimizer.clamp = float("inf")
     return optimizer
+
+
+PHASE1_OPTIMIZER_FILE = "optimizer.pt"
+PHASE2_OPTIMIZER_STARTS = ("carry", "fresh")
+
+
+def carry_optimizer_state(optimizer: Any, saved: dict[str, Any], learning_rate: float) -> None:
+    """Start a phase from the previous phase's optimizer state, as NVIDIA's ``run_pretraining.py``
+    starts phase 2: the LAMB moments are kept, the step counters restart at 0 and the new phase's
+    LR is set. Build the phase's LR scheduler after this call."""
+    state = copy.deepcopy(saved)
+    for group in state["param_groups"]:
+        group["lr"] = learning_rate
+        group.pop("initial_lr", None)
+        if "step" in group:
+            group["step"] = 0
+    for per_parameter in state["state"].values():
+        if "step" in per_parameter:
+            step = per_parameter["step"]
+            per_parameter["step"] = torch.zeros_like(step) if torch.is_tensor(step) else 0
+    optimizer.load_state_dict(state)
 
 
 # ----------------------------------------------------------------------------------------------

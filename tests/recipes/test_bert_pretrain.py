@@ -5,6 +5,7 @@ import importlib
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -105,10 +106,41 @@ def test_baselines_linear_and_nvidia_polywarmup():
     assert linear.factor(45) == 0.5 and linear.factor(90) == 1 and linear.factor(495) == pytest.approx(0.5)
     poly = bp.plan_phases(phase_steps_override=bp.NVIDIA_PHASE_STEPS, schedule="poly")
     assert [(p.steps, p.poly_warmup) for p in poly] == [(7038, 0.2843), (1563, 0.128)]
-    # NVIDIA's PolyWarmUpScheduler: progress p = t / T; p / warmup, then (1 - p) ** 0.5
-    assert poly[0].factor(1000) == pytest.approx((1000 / 7038) / 0.2843)
-    assert poly[0].factor(3000) == pytest.approx((1 - 3000 / 7038) ** 0.5)
-    assert poly[1].factor(1563) == 0
+    # NVIDIA's PolyWarmUpScheduler, stepped before the optimizer: update k uses p = (k + 1) / T
+    assert poly[0].factor(999) == pytest.approx((1000 / 7038) / 0.2843)
+    assert poly[0].factor(2999) == pytest.approx((1 - 3000 / 7038) ** 0.5)
+    assert poly[1].factor(1562) == 0 and poly[1].factor(0) > 0
+
+
+def nvidia_poly_warmup_lrs(base_lr, total_steps, warmup, degree=0.5):
+    """The LR of each update as NVIDIA's run_pretraining.py sets it: before optimizer step k (0-based)
+    it calls ``PolyWarmUpScheduler.step()``, which sets ``last_epoch = param_group["step"] + 1 = k + 1``
+    (FusedLAMB's count of completed steps, plus one) and then ``lr = base * get_lr()`` with progress
+    ``last_epoch / total_steps``."""
+    lrs = []
+    for completed in range(total_steps):
+        last_epoch = completed + 1
+        progress = last_epoch / total_steps
+        factor = progress / warmup if progress < warmup else (1.0 - progress) ** degree
+        lrs.append(base_lr * factor)
+    return lrs
+
+
+@pytest.mark.parametrize("steps,warmup", [(20, 0.2843), (13, 0.128), (7, 0.0)])
+def test_poly_schedule_sets_the_lr_of_every_update_as_nvidias_run_pretraining(steps, warmup):
+    plan = bp.plan_phases(budget=100, phase_steps_override=(steps, None), schedule="poly", warmup=[warmup])[0]
+    model = torch.nn.Linear(2, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=plan.learning_rate)
+    scheduler = plan.build_scheduler(optimizer)
+    applied = []
+    for _ in range(plan.steps):
+        applied.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    expected = nvidia_poly_warmup_lrs(plan.learning_rate, steps, warmup)
+    assert applied == pytest.approx(expected, rel=1e-12, abs=1e-15)
+    assert applied[0] > 0 and applied[-1] == 0
+    assert [plan.learning_rate_at(k) for k in range(steps)] == pytest.approx(expected, rel=1e-12, abs=1e-15)
 
 
 def test_plan_errors_name_the_option():
@@ -169,6 +201,107 @@ def test_lamb_step_equals_fusedlamb_where_the_semantics_coincide():
             ratio = 1.0
         expected = before[name] - lr * ratio * update
         assert torch.allclose(p.detach(), expected, rtol=1e-5, atol=1e-7), name
+
+
+def reference_lamb_steps(params, grads_per_step, *, lr, wd, betas, eps, max_grad_norm, decayed, clip=True):
+    """LAMB as the recipe documents it, step by step in plain tensor arithmetic: gradients scaled by
+    ``min(max_grad_norm / (global norm + eps), 1)``, Adam moments without bias correction, decay added
+    to the update, trust ratio ``||w|| / (||u|| + eps)`` on decayed tensors only."""
+    beta1, beta2 = betas
+    weights = {name: w.clone() for name, w in params.items()}
+    m = {name: torch.zeros_like(w) for name, w in weights.items()}
+    v = {name: torch.zeros_like(w) for name, w in weights.items()}
+    for grads in grads_per_step:
+        norm = torch.sqrt(sum((g**2).sum() for g in grads.values()))
+        scale = min(max_grad_norm / (norm.item() + eps), 1.0) if clip else 1.0
+        for name, w in weights.items():
+            g = grads[name] * scale
+            m[name] = beta1 * m[name] + (1 - beta1) * g
+            v[name] = beta2 * v[name] + (1 - beta2) * g * g
+            update = m[name] / (v[name].sqrt() + eps)
+            ratio = 1.0
+            if name in decayed:
+                update = update + wd * w
+                ratio = (w.norm() / (update.norm() + eps)).item()
+            weights[name] = w - lr * ratio * update
+    return weights
+
+
+def test_lamb_with_real_betas_clips_by_the_global_norm_of_each_step():
+    """Real betas (0.9, 0.999) over 3 steps whose global gradient norms are 6, 0.25 and 3: the moments
+    mix differently scaled gradients, so the update depends on the pre-normalisation (a step skipped or
+    clipped per tensor would change it; the test checks that it would)."""
+
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.dense = torch.nn.Linear(4, 3)
+            self.LayerNorm = torch.nn.LayerNorm(3)
+
+    torch.manual_seed(1)
+    model = Tiny()
+    params = {name: p.detach().clone() for name, p in model.named_parameters()}
+    grads_per_step = []
+    for target_norm in (6.0, 0.25, 3.0):
+        grads = {name: torch.randn_like(p) for name, p in params.items()}
+        norm = torch.sqrt(sum((g**2).sum() for g in grads.values()))
+        grads_per_step.append({name: g * (target_norm / norm) for name, g in grads.items()})
+    lr, wd, eps, betas = 0.01, 0.01, 1e-6, (0.9, 0.999)
+    optimizer = bp.build_lamb(model, lr, weight_decay=wd, max_grad_norm=1.0, betas=betas, eps=eps)
+    for grads in grads_per_step:
+        for name, p in model.named_parameters():
+            p.grad = grads[name].clone()
+        optimizer.step()
+
+    settings = dict(lr=lr, wd=wd, betas=betas, eps=eps, max_grad_norm=1.0, decayed={"dense.weight"})
+    expected = reference_lamb_steps(params, grads_per_step, **settings)
+    unclipped = reference_lamb_steps(params, grads_per_step, **settings, clip=False)
+    for name, p in model.named_parameters():
+        assert torch.allclose(p.detach(), expected[name], rtol=1e-5, atol=1e-8), name
+    moved = {name: (expected[name] - unclipped[name]).abs().max().item() for name in params}
+    assert max(moved.values()) > 1e-4, moved  # without the clipping the result is measurably different
+
+
+def test_phase_two_lamb_starts_from_the_carried_moments_with_its_step_counter_reset():
+    torch.manual_seed(2)
+    model = torch.nn.Linear(3, 2)
+    phase1 = bp.build_lamb(model, 6e-3)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(phase1, lambda step: 0.5)
+    for _ in range(3):
+        for p in model.parameters():
+            p.grad = torch.randn_like(p)
+        phase1.step()
+        scheduler.step()
+    saved = phase1.state_dict()
+    moments = {
+        id(p): (phase1.state[p]["exp_avg"].clone(), phase1.state[p]["exp_avg_sq"].clone()) for p in model.parameters()
+    }
+    assert all(group["step"] == 3 for group in saved["param_groups"])
+
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    grads = {name: torch.randn_like(p) * 0.1 for name, p in model.named_parameters()}
+    phase2 = bp.build_lamb(model, 4e-3)
+    bp.carry_optimizer_state(phase2, saved, 4e-3)
+    assert all(group["lr"] == 4e-3 and group["step"] == 0 for group in phase2.param_groups)
+    assert all(torch.equal(phase2.state[p]["exp_avg"], moments[id(p)][0]) for p in model.parameters())
+    assert saved["param_groups"][0]["step"] == 3  # the saved state itself is left as it was
+    for name, p in model.named_parameters():
+        p.grad = grads[name].clone()
+    phase2.step()
+
+    # The first phase-2 update from the carried moments, by hand (no bias correction; see build_lamb).
+    beta1, beta2, eps, lr = 0.9, 0.999, 1e-6, 4e-3
+    norm = torch.sqrt(sum((g**2).sum() for g in grads.values()))
+    scale = min(1.0 / (norm.item() + eps), 1.0)
+    for name, p in model.named_parameters():
+        m_saved, v_saved = moments[id(p)]
+        g = grads[name] * scale
+        update = (beta1 * m_saved + (1 - beta1) * g) / ((beta2 * v_saved + (1 - beta2) * g * g).sqrt() + eps)
+        ratio = 1.0
+        if name == "weight":
+            update = update + 0.01 * before[name]
+            ratio = (before[name].norm() / (update.norm() + eps)).item()
+        assert torch.allclose(p.detach(), before[name] - lr * ratio * update, rtol=1e-5, atol=1e-8), name
 
 
 def test_lamb_groups_no_decay_on_bias_and_layernorm():
@@ -270,7 +403,7 @@ def test_lr_at_every_optimizer_step_is_knee_times_base_lr_in_1_and_2_processes(r
 
 
 @pytest.mark.slow
-def test_phase_2_starts_from_phase_1_weights_with_a_fresh_optimizer(reference, data_dir, tmp_path):
+def test_phase_2_starts_from_phase_1_weights_and_lamb_moments(reference, data_dir, tmp_path):
     from safetensors.torch import load_file
 
     phase1 = reference[0] / "phase1" / "final"
@@ -296,11 +429,29 @@ def test_phase_2_starts_from_phase_1_weights_with_a_fresh_optimizer(reference, d
     assert all(torch.equal(start[k], after[k]) for k in start)
     fresh = load_file(str(reference[0] / "phase2" / "final" / "model.safetensors"))
     assert not all(torch.equal(start[k], fresh[k]) for k in start)  # the real phase 2 then trains
-    # Phase 2 run alone from phase 1's weights logs exactly what the two-phase run logged in phase 2:
-    # it depended on nothing of phase 1 but the weights (fresh LAMB state and schedule).
+    # Phase 2 run alone from phase 1's final folder logs exactly what the two-phase run logged in phase 2:
+    # it depended on nothing of phase 1 but the weights and the LAMB moments saved beside them.
+    assert (phase1 / "optimizer.pt").is_file()
     alone = tmp_path / "alone"
     run(command(data_dir, alone, 1, "--phase", "2", "--init-checkpoint", str(phase1)))
     assert metrics(alone) == [r for r in metrics(reference[0]) if r["phase"] == 2]
+    # With new moments (--phase2-optimizer fresh) the same LRs train another trajectory.
+    fresh_moments = tmp_path / "fresh-moments"
+    run(
+        command(
+            data_dir, fresh_moments, 1, "--phase", "2", "--init-checkpoint", str(phase1), "--phase2-optimizer", "fresh"
+        )
+    )
+    assert [r["lr"] for r in metrics(fresh_moments)] == [r["lr"] for r in metrics(alone)]
+    assert [r["mlm_loss"] for r in metrics(fresh_moments)][1:] != [r["mlm_loss"] for r in metrics(alone)][1:]
+    # A weights-only folder cannot carry moments: refused before training, naming the way out.
+    weights_only = tmp_path / "weights-only"
+    shutil.copytree(phase1, weights_only, ignore=shutil.ignore_patterns("optimizer.pt"))
+    refused = subprocess.run(
+        command(data_dir, tmp_path / "refused", 1, "--phase", "2", "--init-checkpoint", str(weights_only)),
+        env=ENV, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert refused.returncode != 0 and "--phase2-optimizer fresh" in refused.stderr
 
 
 def launch_and_stop(cmd, output_dir, phase, step, sig):
@@ -353,7 +504,7 @@ def test_sigterm_saves_the_state_at_once_and_the_same_command_resumes(reference,
     returncode, stderr = launch_and_stop(cmd, tmp_path, 1, 4, signal.SIGTERM)
     assert returncode != 0  # stopped, not finished
     stopped_at = max(r["step"] for r in metrics(tmp_path))
-    assert f"SIGTERM: saved the state at phase 1 step {stopped_at}" in stderr
+    assert f"saved the state at phase 1 step {stopped_at}" in stderr
     assert (tmp_path / "phase1" / "checkpoints" / f"step_{stopped_at:08d}").is_dir()
     other_split = [
         *cmd[: cmd.index("--per-device-batch-size") + 1],
@@ -362,9 +513,50 @@ def test_sigterm_saves_the_state_at_once_and_the_same_command_resumes(reference,
     ]
     refused = subprocess.run(other_split, env=ENV, capture_output=True, text=True, timeout=600, check=False)
     assert refused.returncode != 0 and "was saved under another plan" in refused.stderr
+    for option, value, saved in (
+        ("--seed", "7", "42"),
+        ("--weight-decay", "0.02", "0.01"),
+        ("--max-grad-norm", "2", "1.0"),
+    ):
+        other = subprocess.run([*cmd, option, value], env=ENV, capture_output=True, text=True, timeout=600, check=False)
+        assert (
+            other.returncode != 0
+            and f"{option} {saved} (saved) vs {float(value) if option != '--seed' else value} (now)" in other.stderr
+        )
     resumed = run(cmd)
     assert f"phase 1 resumes at optimizer step {stopped_at}" in resumed.stderr
     assert metrics(tmp_path) == metrics(reference[0])
+
+
+@pytest.fixture(scope="module")
+def small_data_dir(tmp_path_factory):
+    """Few documents: phase 1 holds a handful of optimizer steps per epoch, so 8 steps cross an epoch."""
+    out = tmp_path_factory.mktemp("bert-small-data")
+    prepare = importlib.import_module(PREPARE)
+    argv = ["--output-dir", str(out), "--source", "kjv", "--max-documents", "5", "--seq-length", "32", "64"]
+    assert prepare.main([*argv, "--max-predictions", "5", "10", "--validation-fraction", "0.2"]) == 0
+    return out
+
+
+@pytest.mark.slow
+def test_sigterm_mid_accumulation_in_2_processes_resumes_exactly_across_an_epoch_boundary(small_data_dir, tmp_path):
+    """2 gloo processes x 1 sequence x 8 accumulation steps: SIGTERM is acted on after the micro-batch that is
+    running (not after the whole optimizer step), the state of the last completed step is saved, and the
+    same command continues into the next epoch with the uninterrupted run's LR and losses."""
+    split = ("--per-device-batch-size", "1")
+    steps_per_epoch = len(bp.load_phase_data(small_data_dir, 1)["train"]) // 16
+    assert 1 <= steps_per_epoch < STEPS[0] - 1
+    reference_dir = tmp_path / "reference"
+    run(command(small_data_dir, reference_dir, 2, *split))
+    cmd = command(small_data_dir, tmp_path / "stopped", 2, *split)
+    returncode, stderr = launch_and_stop(cmd, tmp_path / "stopped", 1, steps_per_epoch + 1, signal.SIGTERM)
+    assert returncode != 0
+    stopped_at = max(r["step"] for r in metrics(tmp_path / "stopped"))
+    assert stopped_at >= steps_per_epoch + 1
+    assert f"SIGTERM (mid-accumulation): saved the state at phase 1 step {stopped_at}" in stderr
+    resumed = run(cmd)
+    assert f"phase 1 resumes at optimizer step {stopped_at}" in resumed.stderr
+    assert metrics(tmp_path / "stopped") == metrics(reference_dir)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -397,3 +589,45 @@ def test_bad_input_names_the_option(data_dir, tmp_path, capsys):
     with pytest.raises(SystemExit):
         prepare.main(["--output-dir", str(tmp_path / "data"), "--vocab-file", str(tmp_path / "missing-vocab.txt")])
     assert "--vocab-file" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_squad_fine_tunes_from_what_pretraining_writes(reference, tmp_path):
+    """The paper scores pretraining by SQuAD F1: phase 2's final folder (weights + tokenizer) is the
+    --model of the SQuAD recipe, as documented in scripts/squad/README.md."""
+    from squad_fixtures import write_squad_files
+
+    train, dev = write_squad_files(tmp_path / "squad")
+    output_dir = tmp_path / "squad-run"
+    pretrained = reference[0] / "phase2" / "final"
+    command = [
+        *accelerate_launcher(1),
+        "-m",
+        "scripts.squad.finetune",
+        "--model",
+        str(pretrained),
+        "--train-file",
+        str(train),
+        "--validation-file",
+        str(dev),
+        "--max-seq-length",
+        "64",
+        "--doc-stride",
+        "16",
+        "--global-batch-size",
+        "4",
+        "--max-train-steps",
+        "4",
+        "--explore",
+        "0.5",
+        "--output-dir",
+        str(output_dir),
+        "--no-save-model",
+    ]
+    run(command)
+    results = json.loads((output_dir / "results.json").read_text())
+    assert results["model"] == str(pretrained) and results["total_steps"] == 4
+    documented = (ROOT / "scripts" / "squad" / "README.md").read_text()
+    assert f"-m scripts.squad.finetune --model runs/knee-short/{pretrained.relative_to(reference[0])} " in documented
+    final = results["final"]
+    assert 0 <= final["exact_match"] <= final["f1"] <= 100 and final["num_examples"] > 0
