@@ -10,6 +10,7 @@ from typing import Any
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers.trainer_callback import ExportableState
 
 from .lr_scheduler import apply_learning_rates
 from .schedule import (
@@ -119,7 +120,7 @@ def install_knee_schedule(lr_scheduler: Any, schedule: KneeSchedule) -> LambdaLR
     return scheduler
 
 
-class KneeCallback(TrainerCallback):
+class KneeCallback(TrainerCallback, ExportableState):
     """Run a stock ``transformers.Trainer`` on the Knee schedule over its real budget.
 
     At ``on_train_begin`` the Trainer's budget ``state.max_steps`` (optimizer updates, whether set by
@@ -137,6 +138,14 @@ class KneeCallback(TrainerCallback):
             Final learning rate as a ratio of `learning_rate`.
         decay_type (`str`, *optional*, defaults to `"linear"`):
             The shape of the decay: `"linear"` (the paper's), `"cosine"` or `"1-sqrt"`.
+        anneal_on_budget_change (`bool`, *optional*, defaults to `False`):
+            When a run resumed from a checkpoint has a new budget (`max_steps` or `num_train_epochs`) and its
+            decay had already begun: `False` raises `BudgetChangeError` before the next update; `True` decays
+            from the LR it had reached to the new end.
+
+    The schedule is saved in each checkpoint's `trainer_state.json`. Resumed with a new budget while still
+    exploring, the run continues exactly as a fresh run with that budget would; with `num_explore_steps`
+    ending at the checkpoint's step and `max_steps` = that step + D, it branches a decay of D updates.
     """
 
     def __init__(
@@ -145,11 +154,13 @@ class KneeCallback(TrainerCallback):
         num_explore_steps: int | None = None,
         min_lr_ratio: float = 0.0,
         decay_type: str = "linear",
+        anneal_on_budget_change: bool = False,
     ) -> None:
         self.explore_ratio = check_fraction(explore_ratio, "explore_ratio")
         self.num_explore_steps = resolve_steps(num_explore_steps, name="num_explore_steps")
         self.min_lr_ratio = check_min_lr_ratio(min_lr_ratio, "min_lr_ratio")
         self.decay_type = check_decay_type(decay_type, "decay_type")
+        self.anneal_on_budget_change = bool(anneal_on_budget_change)
         self.schedule: KneeSchedule | None = None
         self._phase: str | None = None
 
@@ -170,6 +181,15 @@ class KneeCallback(TrainerCallback):
             decay_type=self.decay_type,
             names=CALLBACK_ARGUMENT_NAMES,
         )
+        saved = _saved_schedule(state)
+        if saved is not None:
+            self.schedule = self.schedule.resumed(
+                saved,
+                state.global_step,
+                anneal=self.anneal_on_budget_change,
+                anneal_option="KneeCallback(anneal_on_budget_change=True)",
+                seed_lr=args.learning_rate,
+            )
         install_knee_schedule(kwargs.get("lr_scheduler"), self.schedule)
         self._phase = self.schedule.phase(state.global_step)
         logger.info(
@@ -189,3 +209,26 @@ class KneeCallback(TrainerCallback):
         if phase != self._phase:
             logger.info("Knee: %s phase from step %d", phase, state.global_step)
             self._phase = phase
+
+    def state(self) -> dict[str, Any]:
+        """What ``trainer_state.json`` keeps of the callback: its options and the schedule it installed."""
+        return {
+            "args": {
+                "explore_ratio": self.explore_ratio,
+                "num_explore_steps": self.num_explore_steps,
+                "min_lr_ratio": self.min_lr_ratio,
+                "decay_type": self.decay_type,
+                "anneal_on_budget_change": self.anneal_on_budget_change,
+            },
+            "attributes": {"saved_schedule": asdict(self.schedule) if self.schedule is not None else None},
+        }
+
+
+def _saved_schedule(state: TrainerState) -> KneeSchedule | None:
+    """The schedule a resumed run was trained under, from the checkpoint's ``trainer_state.json``."""
+    callbacks: Any = state.stateful_callbacks  # a dict of state() records once TrainerState is built
+    saved = callbacks.get(KneeCallback.__name__) if isinstance(callbacks, dict) else None
+    if isinstance(saved, list):
+        saved = saved[0] if saved else None
+    fields = ((saved or {}).get("attributes") or {}).get("saved_schedule")
+    return KneeSchedule(**fields) if fields else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import asdict, fields
 from typing import Any
 
 from torch import Tensor
@@ -12,6 +13,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from .schedule import Duration, KneeSchedule
 
 ARGUMENT_NAMES = {"total": "total_steps", "warmup": "warmup_steps", "explore": "explore_steps"}
+_SCHEDULE_FIELDS = tuple(field.name for field in fields(KneeSchedule))
 
 
 def apply_learning_rates(scheduler: LRScheduler, learning_rates: Sequence[float | Tensor]) -> None:
@@ -42,6 +44,16 @@ class KneeLR(LRScheduler):
             or ``"1-sqrt"``, as transformers' ``get_wsd_schedule`` names them.
         steps_per_epoch: optimizer updates per epoch, needed for durations in epochs.
         last_epoch: index of the last update when resuming; -1 starts fresh.
+        anneal_on_budget_change: what :meth:`load_state_dict` does when the state was saved under
+            another budget after the decay had begun: False (default) raises
+            :class:`~knee_plugins.schedule.BudgetChangeError`; True decays from the LR the run had
+            reached to the floor at the new ``total_steps``.
+
+    Resuming under a new budget: build ``KneeLR`` with the new durations, then ``load_state_dict`` the
+    saved state. The schedule given to the constructor wins (the saved one is only checked against it):
+    while the run is still exploring, every later update gets exactly the LR of a fresh run under the new
+    budget; a branch (``explore_steps`` ending at the saved step, ``total_steps`` = that step + D) decays
+    from there.
 
     Example:
         >>> # lr = 10, T = 10, W = 2, explore 50%
@@ -62,6 +74,7 @@ class KneeLR(LRScheduler):
         decay_type: str = "linear",
         steps_per_epoch: int | None = None,
         last_epoch: int = -1,
+        anneal_on_budget_change: bool = False,
     ) -> None:
         schedule = KneeSchedule.from_durations(
             total_steps,
@@ -78,19 +91,46 @@ class KneeLR(LRScheduler):
         self.explore_steps = schedule.explore_steps
         self.min_lr_ratio = float(schedule.min_lr_ratio)
         self.decay_type = schedule.decay_type
+        self.anneal_start: int | None = None
+        self.anneal_factor = 1.0
+        self.anneal_on_budget_change = anneal_on_budget_change
         super().__init__(optimizer, last_epoch)
 
     @property
     def schedule(self) -> KneeSchedule:
-        return KneeSchedule(self.total_steps, self.warmup_steps, self.explore_steps, self.min_lr_ratio, self.decay_type)
+        return KneeSchedule(
+            self.total_steps,
+            self.warmup_steps,
+            self.explore_steps,
+            self.min_lr_ratio,
+            self.decay_type,
+            self.anneal_start,
+            self.anneal_factor,
+        )
+
+    def _set_schedule(self, schedule: KneeSchedule) -> None:
+        for name, value in asdict(schedule).items():
+            setattr(self, name, value)
 
     def _factor(self) -> float:
         return self.schedule.factor(self.last_epoch)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore the step count and re-apply its LR, so the load order of optimizer and scheduler
-        state does not matter."""
+        state does not matter. The schedule stays the one this scheduler was built with, checked against
+        the saved one (see the class docstring)."""
+        saved = KneeSchedule(**{name: state_dict[name] for name in _SCHEDULE_FIELDS if name in state_dict})
+        schedule = self.schedule.resumed(
+            saved,
+            state_dict["last_epoch"],
+            anneal=self.anneal_on_budget_change,
+            anneal_option="KneeLR(..., anneal_on_budget_change=True)",
+            seed_lr=float(self.base_lrs[0]),
+        )
+        anneal_on_budget_change = self.anneal_on_budget_change
         super().load_state_dict(state_dict)
+        self._set_schedule(schedule)
+        self.anneal_on_budget_change = anneal_on_budget_change
         apply_learning_rates(self, self.get_lr())
 
     def get_lr(self) -> list[float | Tensor]:

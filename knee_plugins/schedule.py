@@ -30,7 +30,7 @@ import math
 import numbers
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import overload
 
 Duration = int | float | str
@@ -135,6 +135,8 @@ def knee_factor(
     explore_steps: int,
     min_lr_ratio: float = 0.0,
     decay_type: str = "linear",
+    anneal_start: int | None = None,
+    anneal_factor: float = 1.0,
 ) -> float:
     """Multiplier ``m(step)`` of the seed LR (see the module docstring for the formula).
 
@@ -145,7 +147,17 @@ def knee_factor(
         explore_steps: ``E``, constant phase after warmup.
         min_lr_ratio: floor ``r`` reached at ``T``.
         decay_type: shape of the exploit phase, one of :data:`DECAY_TYPES`.
+        anneal_start: ``s``, set when a run whose decay had begun was given a new budget
+            (:meth:`KneeSchedule.resumed` with ``anneal=True``): from update ``s`` on the LR decays
+            from ``anneal_factor`` (the LR the run had reached) to ``r`` at ``T``,
+            ``m(t) = r + (a - r) * d((t - s) / (T - s))``.
+        anneal_factor: ``a``, the multiplier at ``anneal_start``.
     """
+    if anneal_start is not None and step >= anneal_start:
+        if step >= total_steps:
+            return float(min_lr_ratio)
+        progress = (step - anneal_start) / (total_steps - anneal_start)
+        return min_lr_ratio + (anneal_factor - min_lr_ratio) * decay_shape(progress, decay_type)
     if step < warmup_steps:
         return step / max(1, warmup_steps)
     decay_start = warmup_steps + explore_steps
@@ -266,6 +278,8 @@ class KneeSchedule:
     explore_steps: int = 0
     min_lr_ratio: float = 0.0
     decay_type: str = "linear"
+    anneal_start: int | None = None
+    anneal_factor: float = 1.0
 
     def __post_init__(self) -> None:
         validate_knee_args(
@@ -275,6 +289,12 @@ class KneeSchedule:
             min_lr_ratio=self.min_lr_ratio,
             decay_type=self.decay_type,
         )
+        if self.anneal_start is not None:
+            start = _check_step_count(self.anneal_start, "anneal_start")
+            if start >= self.total_steps:
+                raise ValueError(f"anneal_start ({start}) must be before the end of the budget ({self.total_steps})")
+            if not self.min_lr_ratio <= self.anneal_factor <= 1.0:
+                raise ValueError(f"anneal_factor must be in [min_lr_ratio, 1], got {self.anneal_factor!r}")
 
     @classmethod
     def from_durations(
@@ -354,21 +374,85 @@ class KneeSchedule:
         return self.total_steps - self.decay_start
 
     def factor(self, step: int) -> float:
-        return knee_factor(
-            step,
-            total_steps=self.total_steps,
-            warmup_steps=self.warmup_steps,
-            explore_steps=self.explore_steps,
-            min_lr_ratio=self.min_lr_ratio,
-            decay_type=self.decay_type,
-        )
+        return knee_factor(step, **asdict(self))
 
     def phase(self, step: int) -> str:
         """Name of the phase the update at ``step`` belongs to (one of :data:`PHASES`)."""
+        if step >= self.total_steps:
+            return "done"
+        if self.anneal_start is not None and step >= self.anneal_start:
+            return "exploit"
         if step < self.warmup_steps:
             return "warmup"
         if step < self.decay_start:
             return "explore"
-        if step < self.total_steps:
-            return "exploit"
-        return "done"
+        return "exploit"
+
+    def describe(self) -> str:
+        text = (
+            f"{self.total_steps} updates: warmup {self.warmup_steps}, explore {self.explore_steps}, "
+            f"{self.decay_type} decay {self.decay_steps}"
+        )
+        if self.anneal_start is not None:
+            text += f", annealed from {self.anneal_factor:.4g} x the seed LR at update {self.anneal_start}"
+        return text
+
+    def branch(self, at_step: int, decay_steps: int, decay_type: str | None = None) -> KneeSchedule:
+        """Decay now: the schedule that explores until ``at_step`` and then decays over ``decay_steps``
+        (to the same floor), i.e. a fresh Knee run whose explore ends at ``at_step`` and whose budget is
+        ``at_step + decay_steps``. Resuming a run at ``at_step`` under it is exact while the run is exploring."""
+        at_step = _check_step_count(at_step, "at_step")
+        decay_steps = _check_step_count(decay_steps, "decay_steps", allow_zero=False)
+        if at_step < self.warmup_steps:
+            raise ValueError(f"at_step ({at_step}) is inside the warmup ({self.warmup_steps} updates): branch after it")
+        return KneeSchedule(
+            at_step + decay_steps,
+            self.warmup_steps,
+            at_step - self.warmup_steps,
+            self.min_lr_ratio,
+            decay_type or self.decay_type,
+        )
+
+    def resumed(
+        self,
+        saved: KneeSchedule,
+        step: int,
+        *,
+        anneal: bool = False,
+        anneal_option: str = "anneal=True",
+        seed_lr: float | None = None,
+    ) -> KneeSchedule:
+        """This schedule, for a run that made ``step`` updates under ``saved`` and resumes under this one.
+
+        Accepted as it is when the two agree on every update already made: the LR from ``step`` on is then
+        exactly what a fresh run under this schedule would have had (a budget changed while exploring, or a
+        branch). Otherwise (the decay had begun, or the new budget's decay would already have begun) a
+        :class:`BudgetChangeError` names the update, the LR and ``anneal_option``; with ``anneal=True`` the
+        LR instead decays from the value the run had reached (``saved.factor(step)``) to the floor at this
+        schedule's end, as OLMo-core's anneals do.
+        """
+        step = _check_step_count(step, "step")
+        if saved == self or all(saved.factor(t) == self.factor(t) for t in range(step)):
+            return self
+        reached = saved.factor(step)
+        if anneal:
+            if step >= self.total_steps:
+                raise BudgetChangeError(
+                    f"cannot anneal from update {step}: the new budget ({self.total_steps} updates) ends before it"
+                )
+            return replace(self, anneal_start=step, anneal_factor=reached)
+        if saved.anneal_start is not None or step > saved.decay_start:
+            why = f"its decay began at update {min(saved.decay_start, saved.anneal_start or saved.decay_start)}"
+        else:
+            why = f"the new budget's decay would have begun at update {self.decay_start}, before it"
+        lr = f" ({reached * seed_lr:.4g})" if seed_lr is not None else ""
+        raise BudgetChangeError(
+            f"the run resumes at update {step} with the LR at {reached:.4g} x the seed LR{lr}, trained under "
+            f"[{saved.describe()}], and a new budget [{self.describe()}] cannot continue it exactly: {why}. "
+            f"Keep the budget, or pass {anneal_option} to decay from the current LR to the new end "
+            f"(update {self.total_steps})."
+        )
+
+
+class BudgetChangeError(ValueError):
+    """A resumed run's new budget would change LRs its past updates already used."""

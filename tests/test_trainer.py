@@ -236,3 +236,78 @@ def test_unknown_budget_is_refused(tmp_path):
     callback = KneeCallback()
     with pytest.raises(ValueError, match="budget"):
         callback.on_train_begin(make_args(tmp_path, max_steps=3), TrainerState(max_steps=0), None, lr_scheduler=None)
+
+
+# --- anytime: a new budget on resume, and a branched decay ------------------------------------
+
+
+def test_resume_with_a_longer_budget_while_exploring_follows_a_fresh_run_with_it(tmp_path):
+    dataset = TokenDataset(400)
+    args = make_args(tmp_path / "run", max_steps=20, warmup_steps=2, save_strategy="steps", save_steps=100)
+    run(args, dataset, [KneeCallback(explore_ratio=0.5), StopAt(6)])  # explores until update 11
+    longer = make_args(tmp_path / "run", max_steps=40, warmup_steps=2)
+    trainer, after = run(
+        longer, dataset, [KneeCallback(explore_ratio=0.5)], resume=str(tmp_path / "run" / "checkpoint-6")
+    )
+    _, fresh = run(
+        make_args(tmp_path / "fresh", max_steps=40, warmup_steps=2), dataset, [KneeCallback(explore_ratio=0.5)]
+    )
+    assert trainer.state.global_step == 40
+    assert after == {step: lr for step, lr in fresh.items() if step > 6}
+
+
+def test_resume_with_a_new_budget_after_the_decay_began_is_refused_before_the_next_update(tmp_path):
+    dataset = TokenDataset(400)
+    args = make_args(tmp_path, max_steps=20, warmup_steps=2, save_strategy="steps", save_steps=100)
+    run(args, dataset, [KneeCallback(explore_ratio=0.5), StopAt(15)])  # decay from update 12
+    with pytest.raises(ValueError, match=r"update 15 .*KneeCallback\(anneal_on_budget_change=True\)"):
+        run(
+            make_args(tmp_path, max_steps=30, warmup_steps=2),
+            dataset,
+            [KneeCallback()],
+            resume=str(tmp_path / "checkpoint-15"),
+        )
+    trainer, after = run(
+        make_args(tmp_path, max_steps=30, warmup_steps=2),
+        dataset,
+        [KneeCallback(anneal_on_budget_change=True)],
+        resume=str(tmp_path / "checkpoint-15"),
+    )
+    reached = KneeSchedule(20, 2, 10).factor(15)
+    assert after[16] == pytest.approx(LEARNING_RATE * reached, rel=1e-12)
+    assert after[30] == pytest.approx(LEARNING_RATE * reached / 15, rel=1e-12)
+
+
+class RecordLosses(TrainerCallback):
+    def __init__(self):
+        self.by_step = {}
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self.by_step[state.global_step] = logs["loss"]
+
+
+def test_a_decay_branched_from_an_explore_checkpoint_is_bit_identical_to_a_fresh_knee_run(tmp_path):
+    """Parent: explores (almost) to its far budget. Branch at update 8 into a new output dir, decaying over 6
+    updates (1-sqrt): LRs, losses and final weights equal a fresh run with explore ending at 8 and budget 14."""
+    dataset = TokenDataset(400)
+    parent = make_args(tmp_path / "parent", max_steps=100, warmup_steps=2, save_strategy="steps", save_steps=8)
+    run(parent, dataset, [KneeCallback(num_explore_steps=96), StopAt(8)])
+    branch_callbacks = lambda: [KneeCallback(num_explore_steps=6, decay_type="1-sqrt")]  # noqa: E731
+    branch_losses, fresh_losses = RecordLosses(), RecordLosses()
+    branch, branch_lrs = run(
+        make_args(tmp_path / "branch", max_steps=14, warmup_steps=2),
+        dataset,
+        [*branch_callbacks(), branch_losses],
+        resume=str(tmp_path / "parent" / "checkpoint-8"),
+    )
+    fresh, fresh_lrs = run(
+        make_args(tmp_path / "fresh", max_steps=14, warmup_steps=2), dataset, [*branch_callbacks(), fresh_losses]
+    )
+    assert branch_lrs == {step: lr for step, lr in fresh_lrs.items() if step > 8}
+    assert branch_losses.by_step == {step: loss for step, loss in fresh_losses.by_step.items() if step > 8}
+    for (name, weight), (_, fresh_weight) in zip(
+        branch.model.named_parameters(), fresh.model.named_parameters(), strict=True
+    ):
+        assert torch.equal(weight, fresh_weight), name
+    assert branch_lrs[14] < branch_lrs[9] == LEARNING_RATE
