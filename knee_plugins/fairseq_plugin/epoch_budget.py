@@ -1,28 +1,29 @@
 """Training budgets in updates for fairseq LR schedulers, including ``--max-epoch`` budgets.
 
 fairseq's stock schedulers need ``--max-update``: they are built before the data is, and never
-learn how many updates an epoch has. :class:`EpochAwareLRScheduler` does learn it: the plugin
-wraps ``Trainer.get_train_iterator`` so that, whenever fairseq builds the training iterator (before
-the first update of a run, on resume, and at every new epoch), the scheduler receives the number
-of batches one worker sees in that epoch. With update frequency ``F`` one epoch is
-``ceil(batches / F)`` updates (``floor`` with ``--skip-remainder-batch``), exactly what fairseq's
-``GroupedIterator`` yields, so ``--max-epoch N`` is a budget of ``N`` such epochs.
+learn how many updates an epoch has. :class:`EpochAwareLRScheduler` does learn it, from the
+plugin's patch ``epoch_budget`` (:mod:`.patches.epoch_budget`): whenever fairseq builds the
+training iterator (before the first update of a run, on resume, and at every new epoch),
+:meth:`~EpochAwareLRScheduler.set_epoch_length` receives the number of batches one worker sees
+in that epoch. With update frequency ``F`` one epoch is ``ceil(batches / F)`` updates (``floor``
+with ``--skip-remainder-batch``), exactly what fairseq's ``GroupedIterator`` yields, so
+``--max-epoch N`` is a budget of ``N`` such epochs.
 
 The epoch length is kept in the scheduler's ``state_dict``: a resumed run keeps the schedule it
-started with, and the LR stays a pure function of the update count. The wrapping is the patch
-``epoch_budget`` of :mod:`.patches`; without it, budgets in epochs fail with a clear error.
+started with, and the LR stays a pure function of the update count. Without the patch, budgets
+in epochs fail with a clear error.
 """
 
-import functools
 import logging
 from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
 from fairseq.dataclass import FairseqDataclass
-from fairseq.optim.lr_scheduler import LR_SCHEDULER_REGISTRY, FairseqLRScheduler
+from fairseq.optim.lr_scheduler import FairseqLRScheduler
 from omegaconf import II
 
 from ..schedule import resolve_steps, updates_per_epoch
+from . import patches
 
 logger = logging.getLogger(__name__)
 
@@ -196,8 +197,6 @@ class EpochAwareLRScheduler(FairseqLRScheduler):
         return self.optimizer.get_lr()
 
     def _unknown_epoch_length(self) -> str:
-        from . import patches
-
         if patches.applied("epoch_budget"):
             why = (
                 "it comes from fairseq's Trainer.get_train_iterator, which has not built the "
@@ -224,32 +223,3 @@ class EpochAwareLRScheduler(FairseqLRScheduler):
             return self.optimizer.get_lr()
         self.optimizer.set_lr(self.lr_at(num_updates))
         return self.optimizer.get_lr()
-
-
-def _wants_epoch_length(trainer) -> bool:
-    name = getattr(trainer.cfg.lr_scheduler, "_name", None)
-    cls = LR_SCHEDULER_REGISTRY.get(name) if isinstance(name, str) else None
-    return cls is not None and issubclass(cls, EpochAwareLRScheduler)
-
-
-def report_epoch_length_to_scheduler() -> None:
-    """Wrap ``fairseq.trainer.Trainer.get_train_iterator`` to report each epoch's length.
-
-    Only runs whose ``--lr-scheduler`` is an :class:`EpochAwareLRScheduler` are affected.
-    Idempotent.
-    """
-    from fairseq.trainer import Trainer
-
-    original = Trainer.get_train_iterator
-    if getattr(original, "__knee_plugins_patch__", None):
-        return
-
-    @functools.wraps(original)
-    def get_train_iterator(self, epoch, *args, **kwargs):
-        epoch_itr = original(self, epoch, *args, **kwargs)
-        if _wants_epoch_length(self):
-            self.lr_scheduler.set_epoch_length(epoch, len(epoch_itr))
-        return epoch_itr
-
-    get_train_iterator.__knee_plugins_patch__ = "epoch_budget"  # type: ignore[attr-defined]
-    Trainer.get_train_iterator = get_train_iterator

@@ -79,7 +79,8 @@ class KneeLRScheduleConfig(EpochBudgetConfig):
 
 @register_lr_scheduler("knee", dataclass=KneeLRScheduleConfig)
 class KneeLRSchedule(EpochAwareLRScheduler):
-    """Warm up, explore at the seed LR ``--lr``, then decay linearly to the floor (the Knee)."""
+    """Warm up, explore at the seed LR ``--lr``, then decay to the floor (the Knee), in the shape
+    ``--decay-type`` names (linear by default, as in the paper)."""
 
     def check_options(self) -> None:
         cfg = self.cfg

@@ -8,7 +8,7 @@ import threading
 from fairseq.data import iterators
 from knee_fairseq_helpers import clean_env
 
-from knee_plugins.fairseq_plugin.clean_exit import stop_background_consumers
+from knee_plugins.fairseq_plugin.patches.clean_exit import stop_background_consumers
 
 # Stops after the first batch while the consumer thread is busy in torch operators, as
 # fairseq-train does when --max-update falls inside an epoch.

@@ -14,6 +14,7 @@ from fairseq.trainer import Trainer
 from knee_fairseq_helpers import LR, clean_env, make, run_cli, trace, train_records
 
 from knee_plugins.fairseq_plugin import patches
+from knee_plugins.fairseq_plugin.patches._shape import unpatched as fairseq_original
 from knee_plugins.schedule import knee_factor
 
 NAMES = ["epoch_budget", "clean_exit", "cpu_torchrun", "cli_help", "checkpoint_globals"]
@@ -28,7 +29,7 @@ class Unpatched:
         monkeypatch.setattr(patches, "_warned", set())
         monkeypatch.delenv(patches.DISABLE_ENV, raising=False)
         for owner, name in self.wrapped_functions():
-            monkeypatch.setattr(owner, name, patches._unpatched(getattr(owner, name)))
+            monkeypatch.setattr(owner, name, fairseq_original(getattr(owner, name)))
         self.atexit_calls = []
         self.safe_globals = []
         monkeypatch.setattr(atexit, "register", lambda f: self.atexit_calls.append(f))
@@ -60,6 +61,12 @@ def test_the_registry_lists_every_patch():
     assert list(patches.patch_names()) == NAMES
     assert all(p.fixes and p.without and p.target and p.fairseq_versions for p in patches.PATCHES)
     assert patches.status() == dict.fromkeys(NAMES, "applied"), "this fairseq is what they target"
+
+
+def test_each_patch_is_the_module_named_after_it():
+    for patch in patches.PATCHES:
+        module = f"knee_plugins.fairseq_plugin.patches.{patch.name}"
+        assert patch.check.__module__ == patch.apply.__module__ == module
 
 
 def test_on_the_fairseq_they_were_written_for_every_patch_applies(unpatched):

@@ -1,4 +1,4 @@
-"""Let ``fairseq-train`` exit with status 0 instead of aborting in its data-prefetch thread.
+"""Patch ``clean_exit``: ``fairseq-train`` exits with status 0 instead of aborting in its prefetch thread.
 
 fairseq prefetches batches in a daemon ``BackgroundConsumer`` thread (``--data-buffer-size``,
 default 10). When training stops before an epoch's last batch (``--max-update``), that thread is
@@ -12,15 +12,17 @@ that look at the exit status.
 At exit (after the main thread has finished, before finalisation) each live consumer is handed a
 queue that refuses new items and its pending buffer is drained, so it stops at its next ``put``
 (within one batch) and is joined. ``--data-buffer-size 0`` avoids the thread altogether.
-Installed as the patch ``clean_exit`` of :mod:`.patches`.
 """
+
+from __future__ import annotations
 
 import atexit
 import queue
 import threading
 
-from fairseq.data import iterators
+from ._shape import code_names, require, require_names
 
+NAME = "clean_exit"
 _JOIN_TIMEOUT_S = 30.0
 
 
@@ -37,6 +39,8 @@ class _RefusingQueue:
 
 def stop_background_consumers(timeout: float = _JOIN_TIMEOUT_S) -> list[threading.Thread]:
     """Stop and join every live fairseq ``BackgroundConsumer``; return those still alive."""
+    from fairseq.data import iterators
+
     consumers = [
         thread
         for thread in threading.enumerate()
@@ -55,7 +59,20 @@ def stop_background_consumers(timeout: float = _JOIN_TIMEOUT_S) -> list[threadin
     return [consumer for consumer in consumers if consumer.is_alive()]
 
 
-def stop_data_threads_at_exit() -> None:
+def check() -> None:
+    from fairseq.data import iterators
+
+    consumer = iterators.BackgroundConsumer
+    require(
+        isinstance(consumer, type) and issubclass(consumer, threading.Thread),
+        "BackgroundConsumer is not a threading.Thread",
+    )
+    require_names(consumer.__init__, ["_queue"])
+    require_names(consumer.run, ["_queue", "put", "Exception"])
+    require("BaseException" not in code_names(consumer.run), "BackgroundConsumer.run catches BaseException")
+
+
+def apply() -> None:
     """Register :func:`stop_background_consumers` to run at interpreter exit (idempotent)."""
     atexit.unregister(stop_background_consumers)
     atexit.register(stop_background_consumers)

@@ -1,11 +1,11 @@
-"""Let torch's ``weights_only=True`` loader (the default since torch 2.6) read fairseq checkpoints.
+"""Patch ``checkpoint_globals``: torch's ``weights_only=True`` loader (the default since torch 2.6)
+reads fairseq checkpoints.
 
 fairseq calls ``torch.load`` without ``weights_only``; on torch >= 2.6 that refuses every
 checkpoint fairseq writes, because they hold a few Python objects besides tensors. Rather than
-``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1``, which turns the protection off for everything, this module
+``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1``, which turns the protection off for everything, this
 allow-lists exactly those objects with :func:`torch.serialization.add_safe_globals`. Any other
-global in a checkpoint is still refused. Installed as the patch ``checkpoint_globals`` of
-:mod:`.patches`.
+global in a checkpoint is still refused.
 """
 
 from __future__ import annotations
@@ -14,6 +14,10 @@ import argparse
 from typing import Any, Callable, List, Tuple, Union
 
 import torch
+
+from ._shape import require
+
+NAME = "checkpoint_globals"
 
 
 def fairseq_checkpoint_globals() -> List[Union[Callable[..., Any], Tuple[Callable[..., Any], str]]]:
@@ -29,6 +33,13 @@ def fairseq_checkpoint_globals() -> List[Union[Callable[..., Any], Tuple[Callabl
     return [argparse.Namespace]
 
 
-def allow_fairseq_checkpoint_globals() -> None:
+def check() -> None:
+    require(
+        callable(getattr(torch.serialization, "add_safe_globals", None)),
+        "torch.serialization has no add_safe_globals (torch < 2.4)",
+    )
+
+
+def apply() -> None:
     """Add :func:`fairseq_checkpoint_globals` to torch's ``weights_only`` allow-list."""
     torch.serialization.add_safe_globals(fairseq_checkpoint_globals())

@@ -1,9 +1,11 @@
 """Every change the plugin makes to fairseq (and torch) beyond registering its components.
 
-Registering ``--lr-scheduler knee``/``one_cycle`` and ``--optimizer radam`` uses fairseq's public
-registries. Five more changes touch objects that fairseq (or torch) does not offer as extension
-points; they are listed in :data:`PATCHES` and applied by :func:`install` when the plugin is
-imported. Each was written for one fairseq series, and before it changes anything it checks
+Registering ``--lr-scheduler knee``/``one_cycle``, ``--optimizer radam`` and ``--arch
+transformer_mb`` uses fairseq's public registries. Five more changes touch objects that fairseq
+(or torch) does not offer as extension points. Each is a module of this package named after it,
+with a ``check()`` and an idempotent ``apply()``; this registry lists them in :data:`PATCHES`, and
+:func:`install` applies them when the plugin is registered. Each was written for one fairseq
+series, and before it changes anything it checks
 
 * that ``fairseq.__version__`` is in that series, and
 * that the object it changes has the shape it was written for (the attribute exists, its
@@ -18,13 +20,13 @@ schedule). ``KNEE_PLUGINS_DISABLE_PATCHES=name,name`` (or ``all``) switches patc
 
 from __future__ import annotations
 
-import argparse
-import inspect
 import os
-import threading
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
+
+from . import checkpoint_globals, clean_exit, cli_help, cpu_torchrun, epoch_budget
+from ._shape import ShapeMismatch
 
 DISABLE_ENV = "KNEE_PLUGINS_DISABLE_PATCHES"
 FAIRSEQ_SERIES = ">=0.12,<0.13"
@@ -33,10 +35,6 @@ APPLIED = "applied"
 
 class FairseqPatchWarning(RuntimeWarning):
     """A patch of fairseq was skipped (unexpected fairseq version or shape) or misnamed."""
-
-
-class ShapeMismatch(Exception):
-    """The object a patch changes is not what the patch was written for."""
 
 
 @dataclass(frozen=True)
@@ -56,179 +54,53 @@ class Patch:
     apply: Callable[[], None]
 
 
-def _require(condition: bool, what: str) -> None:
-    if not condition:
-        raise ShapeMismatch(what)
-
-
-def _unpatched(func: Callable) -> Callable:
-    """The function fairseq defined, also when this plugin already wrapped it."""
-    while getattr(func, "__knee_plugins_patch__", None) and hasattr(func, "__wrapped__"):
-        func = func.__wrapped__
-    return func
-
-
-def _parameters(func: Callable) -> list:
-    return list(inspect.signature(func, follow_wrapped=False).parameters)
-
-
-def _code_names(func: Callable) -> frozenset[str]:
-    code = getattr(func, "__code__", None)
-    if code is None:
-        raise ShapeMismatch(f"{getattr(func, '__qualname__', func)!r} is not a Python function")
-    return frozenset(code.co_names)
-
-
-def _require_names(func: Callable, names: Iterable[str]) -> None:
-    missing = sorted(set(names) - _code_names(func))
-    _require(not missing, f"{func.__qualname__} no longer uses {', '.join(missing)}")
-
-
-def _check_epoch_budget() -> None:
-    from fairseq.data import iterators
-    from fairseq.trainer import Trainer
-
-    func = _unpatched(Trainer.get_train_iterator)
-    params = _parameters(func)
-    _require(params[:2] == ["self", "epoch"], f"Trainer.get_train_iterator{tuple(params)}")
-    _require_names(func, ["get_batch_iterator"])
-    _require(
-        isinstance(inspect.getattr_static(Trainer, "lr_scheduler", None), property),
-        "Trainer.lr_scheduler is not a property",
-    )
-    _require(hasattr(iterators.EpochBatchIterator, "__len__"), "EpochBatchIterator has no len()")
-
-
-def _apply_epoch_budget() -> None:
-    from .epoch_budget import report_epoch_length_to_scheduler
-
-    report_epoch_length_to_scheduler()
-
-
-def _check_clean_exit() -> None:
-    from fairseq.data import iterators
-
-    consumer = iterators.BackgroundConsumer
-    _require(
-        isinstance(consumer, type) and issubclass(consumer, threading.Thread),
-        "BackgroundConsumer is not a threading.Thread",
-    )
-    _require_names(consumer.__init__, ["_queue"])
-    _require_names(consumer.run, ["_queue", "put", "Exception"])
-    _require(
-        "BaseException" not in _code_names(consumer.run),
-        "BackgroundConsumer.run catches BaseException",
-    )
-
-
-def _apply_clean_exit() -> None:
-    from .clean_exit import stop_data_threads_at_exit
-
-    stop_data_threads_at_exit()
-
-
-def _check_cpu_torchrun() -> None:
-    from fairseq.distributed import utils as distributed_utils
-
-    func = _unpatched(distributed_utils._infer_torch_distributed_launch_init)
-    params = _parameters(func)
-    _require(params == ["cfg"], f"_infer_torch_distributed_launch_init{tuple(params)}")
-    _require_names(
-        func,
-        ["device_count", "distributed_init_method", "distributed_world_size", "distributed_rank",
-         "device_id", "distributed_no_spawn"],
-    )  # fmt: skip
-    _require_names(distributed_utils.infer_init_method, ["_infer_torch_distributed_launch_init"])
-
-
-def _apply_cpu_torchrun() -> None:
-    from .distributed import allow_cpu_torchrun
-
-    allow_cpu_torchrun()
-
-
-def _check_cli_help() -> None:
-    from fairseq import options
-    from fairseq.dataclass.utils import gen_parser_from_dataclass
-
-    params = _parameters(_unpatched(options.parse_args_and_arch))
-    _require(params[:2] == ["parser", "input_args"], f"parse_args_and_arch{tuple(params)}")
-    params = _parameters(gen_parser_from_dataclass)
-    _require(params[:2] == ["parser", "dataclass_instance"], f"gen_parser_from_dataclass{tuple(params)}")
-    _require(
-        isinstance(getattr(argparse.ArgumentParser(), "_option_string_actions", None), dict),
-        "argparse.ArgumentParser has no _option_string_actions",
-    )
-
-
-def _apply_cli_help() -> None:
-    from .cli_help import show_plugin_options_in_help
-
-    show_plugin_options_in_help()
-
-
-def _check_checkpoint_globals() -> None:
-    import torch.serialization
-
-    _require(
-        callable(getattr(torch.serialization, "add_safe_globals", None)),
-        "torch.serialization has no add_safe_globals (torch < 2.4)",
-    )
-
-
-def _apply_checkpoint_globals() -> None:
-    from .checkpoint_safety import allow_fairseq_checkpoint_globals
-
-    allow_fairseq_checkpoint_globals()
-
-
 PATCHES: tuple[Patch, ...] = (
     Patch(
-        name="epoch_budget",
+        name=epoch_budget.NAME,
         target="fairseq.trainer.Trainer.get_train_iterator (wrapped)",
         fixes="tells --lr-scheduler knee/one_cycle the number of updates per epoch, for "
         "--max-epoch budgets and --explore-epochs",
         without="budgets and durations in epochs fail; give them in updates (--max-update, "
         "--total-num-update, --explore-updates, --explore-ratio)",
         fairseq_versions=FAIRSEQ_SERIES,
-        check=_check_epoch_budget,
-        apply=_apply_epoch_budget,
+        check=epoch_budget.check,
+        apply=epoch_budget.apply,
     ),
     Patch(
-        name="clean_exit",
+        name=clean_exit.NAME,
         target="fairseq.data.iterators.BackgroundConsumer._queue (replaced at exit)",
         fixes="stops fairseq's prefetch threads at exit, so fairseq-train does not abort (SIGABRT) after training",
         without="fairseq-train may abort after 'done training'; --data-buffer-size 0 avoids it",
         fairseq_versions=FAIRSEQ_SERIES,
-        check=_check_clean_exit,
-        apply=_apply_clean_exit,
+        check=clean_exit.check,
+        apply=clean_exit.apply,
     ),
     Patch(
-        name="cpu_torchrun",
+        name=cpu_torchrun.NAME,
         target="fairseq.distributed.utils._infer_torch_distributed_launch_init (wrapped)",
         fixes="lets torchrun start fairseq-train on machines without CUDA (gloo)",
         without="torchrun without CUDA devices fails in fairseq with ZeroDivisionError",
         fairseq_versions=FAIRSEQ_SERIES,
-        check=_check_cpu_torchrun,
-        apply=_apply_cpu_torchrun,
+        check=cpu_torchrun.check,
+        apply=cpu_torchrun.apply,
     ),
     Patch(
-        name="cli_help",
+        name=cli_help.NAME,
         target="fairseq.options.parse_args_and_arch (wrapped; reads the parser's _option_string_actions)",
         fixes="lists the options of knee, one_cycle and radam in fairseq-train --help",
         without="--help does not show the plugin's options (they still work)",
         fairseq_versions=FAIRSEQ_SERIES,
-        check=_check_cli_help,
-        apply=_apply_cli_help,
+        check=cli_help.check,
+        apply=cli_help.apply,
     ),
     Patch(
-        name="checkpoint_globals",
+        name=checkpoint_globals.NAME,
         target="torch.serialization.add_safe_globals (argparse.Namespace allow-listed)",
         fixes="lets torch >= 2.6 load fairseq checkpoints with weights_only=True",
         without="fairseq-generate --path and --restore-file fail on torch >= 2.6 (weights_only)",
         fairseq_versions=FAIRSEQ_SERIES,
-        check=_check_checkpoint_globals,
-        apply=_apply_checkpoint_globals,
+        check=checkpoint_globals.check,
+        apply=checkpoint_globals.apply,
     ),
 )
 
