@@ -4,10 +4,12 @@ fairseq has no plugin entry points. ``knee_plugins_fairseq.pth`` (installed into
 by ``pip install`` and ``pip install -e``) imports this module at interpreter start-up. It uses
 the standard library only, imports nothing else and adds one finder to ``sys.meta_path``. When
 ``fairseq`` is first imported, the finder lets fairseq's own ``__init__`` run to the end and then
-imports ``knee_plugins.fairseq_plugin``, which registers ``--lr-scheduler knee``/``one_cycle``,
-``--optimizer radam`` and the ``weights_only`` allow-list. The finder then removes itself.
+imports ``knee_plugins.fairseq_plugin``, whose import registers the plugin
+(``knee_plugins.fairseq_plugin.register``, the one way it is loaded, also by ``--user-dir``). The
+finder then removes itself.
 
-Set ``KNEE_PLUGINS_NO_AUTOREGISTER=1`` to switch this off (``--user-dir`` still works).
+Set ``KNEE_PLUGINS_NO_AUTOREGISTER=1`` to switch this off (``--user-dir
+<site-packages>/knee_plugins/fairseq_plugin`` still works).
 """
 
 import os

@@ -2,13 +2,14 @@
 
 ``import knee_plugins`` is cheap: it imports neither torch nor a host library. The adapters load
 on first use of their names (PEP 562), so ``from knee_plugins import KneeLR`` imports torch and
-``from knee_plugins import KneeCallback`` imports transformers.
+``from knee_plugins import KneeCallback`` imports transformers. It changes nothing in fairseq, even
+where fairseq is loaded: the fairseq plugin is :mod:`knee_plugins.fairseq_plugin`, loaded when a
+program imports fairseq or by ``--user-dir`` (docs/fairseq.md).
 """
 
 from __future__ import annotations
 
 import importlib
-import sys
 from typing import Any
 
 from .schedule import KneeSchedule, knee_factor, resolve_steps, validate_knee_args
@@ -38,8 +39,3 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY_EXPORTS))
-
-
-if "fairseq" in sys.modules:
-    # fairseq is importing us (``--user-dir``) or is already loaded: register the plugin.
-    from . import fairseq_plugin  # noqa: F401

@@ -1,33 +1,43 @@
 """knee_plugins' fairseq plugin: ``--lr-scheduler knee`` / ``one_cycle``, ``--optimizer radam``,
-a ``weights_only`` allow-list for fairseq checkpoints and a clean exit of fairseq-train.
-The changes to fairseq's own objects are listed, checked and applied in :mod:`.patches`
-(``KNEE_PLUGINS_DISABLE_PATCHES=name,...`` switches them off).
+``--arch transformer_mb``, a ``weights_only`` allow-list for fairseq checkpoints and a clean exit
+of fairseq-train. The changes to fairseq's own objects are listed, checked and applied in
+:mod:`.patches` (``KNEE_PLUGINS_DISABLE_PATCHES=name,...`` switches them off).
 
-Importing this package registers everything with fairseq. That happens by itself once
-knee_plugins is installed (``_knee_plugins_fairseq_hook``, loaded by a .pth file, imports it as
-soon as fairseq is imported), or through ``--user-dir <site-packages>/knee_plugins``.
-See docs/fairseq.md.
+As for any fairseq ``--user-dir``, importing this package registers it: :func:`register` runs
+once per process. Every way the plugin is loaded goes through that import:
+
+* the start-up hook ``_knee_plugins_fairseq_hook`` (loaded by a .pth file) imports it as soon as
+  a process imports fairseq: ``fairseq-train`` and friends, and every worker that fairseq spawns
+  or torchrun starts;
+* ``--user-dir <site-packages>/knee_plugins/fairseq_plugin``, with or without the hook: fairseq
+  imports this folder as the top-level module ``fairseq_plugin`` (and again, from
+  ``cfg.common.user_dir``, in each worker), which imports this package and stands in for it.
+
+``import knee_plugins`` alone changes nothing in fairseq. See docs/fairseq.md.
 """
 
 import importlib
 import sys
 
-if __name__ == "knee_plugins.fairseq_plugin":
-    from . import (  # noqa: F401
-        knee_lr_scheduler,
-        models,  # noqa: F401
-        one_cycle_lr_scheduler,
-        patches,
-        radam,
-    )
+PACKAGE = "knee_plugins.fairseq_plugin"
 
-    patches.install()
+
+def register() -> dict[str, str]:
+    """Register the plugin's components with fairseq and apply its patches; return the patches'
+    status (:func:`.patches.status`). Idempotent."""
+    from . import knee_lr_scheduler, models, one_cycle_lr_scheduler, radam  # noqa: F401  (they register)
+    from .patches import install
+
+    return install()
+
+
+if __name__ == PACKAGE:
+    register()
 else:
-    # ``--user-dir .../knee_plugins/fairseq_plugin`` imports this folder as a top-level module;
-    # register the package itself (once) instead of a second copy. fairseq then imports the
-    # folder's ``models/*`` as ``<top-level name>.models.*``: give those names the modules
-    # already loaded, so that nothing registers twice.
-    importlib.import_module("knee_plugins.fairseq_plugin")
+    # fairseq imported this folder by its name (``--user-dir``): register the package itself, and
+    # give the ``<name>.models.*`` that fairseq imports next the package's modules, so that
+    # nothing is registered twice.
+    importlib.import_module(PACKAGE)
     for _name, _module in list(sys.modules.items()):
-        if _name.startswith("knee_plugins.fairseq_plugin."):
-            sys.modules.setdefault(__name__ + _name[len("knee_plugins.fairseq_plugin") :], _module)
+        if _name.startswith(PACKAGE + "."):
+            sys.modules.setdefault(__name__ + _name[len(PACKAGE) :], _module)

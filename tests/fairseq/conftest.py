@@ -41,8 +41,8 @@ def train(data_bin, tmp_path):
 
 
 @pytest.fixture(scope="session")
-def knee_plugins_dir() -> Path:
-    """The installed knee_plugins package directory (what users pass to --user-dir)."""
+def user_dir() -> Path:
+    """What users pass to --user-dir: the plugin's folder in the installed knee_plugins package."""
     import knee_plugins
 
-    return Path(knee_plugins.__file__).parent
+    return Path(knee_plugins.__file__).parent / "fairseq_plugin"

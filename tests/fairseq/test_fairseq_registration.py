@@ -1,4 +1,5 @@
-"""The plugin is found without --user-dir (start-up hook), with --user-dir, and costs nothing at start-up."""
+"""The plugin is found without --user-dir (start-up hook) and with it, through one import of one package;
+it costs nothing at start-up, and ``import knee_plugins`` alone leaves fairseq alone."""
 
 import re
 import subprocess
@@ -58,20 +59,53 @@ def test_without_the_hook_fairseq_does_not_know_knee():
     assert "knee" not in choices(out, "--lr-scheduler")
 
 
+def test_importing_knee_plugins_changes_nothing_in_fairseq():
+    out = python(
+        "import fairseq, knee_plugins, sys\n"
+        "from fairseq.optim.lr_scheduler import LR_SCHEDULER_REGISTRY\n"
+        "print('knee' in LR_SCHEDULER_REGISTRY, [m for m in sys.modules if 'fairseq_plugin' in m])",
+        **NO_HOOK,
+    )
+    assert out.splitlines() == ["False []"]
+
+
+USER_DIR_LOADS = """\
+import argparse, fairseq, sys
+from fairseq import utils
+from fairseq.models import ARCH_MODEL_REGISTRY
+from fairseq.optim import OPTIMIZER_REGISTRY
+from fairseq.optim.lr_scheduler import LR_SCHEDULER_REGISTRY
+hooked = 'knee' in LR_SCHEDULER_REGISTRY
+utils.import_user_module(argparse.Namespace(user_dir=sys.argv[1]))
+utils.import_user_module(argparse.Namespace(user_dir=sys.argv[1]))
+classes = [LR_SCHEDULER_REGISTRY['knee'], LR_SCHEDULER_REGISTRY['one_cycle'], OPTIMIZER_REGISTRY['radam'],
+           ARCH_MODEL_REGISTRY['transformer_mb']]
+print(hooked, sorted({c.__module__.rsplit('.', 1)[0] for c in classes}))
+print(sys.modules['fairseq_plugin.models.transformer_mb'] is sys.modules['knee_plugins.fairseq_plugin.models.transformer_mb'])
+from knee_plugins.fairseq_plugin import patches, register
+print(register() == patches.status() == dict.fromkeys(patches.patch_names(), 'applied'))
+"""
+
+
+@pytest.mark.parametrize("hook", ["off", "on"])
+def test_user_dir_registers_the_one_package_once(user_dir, hook):
+    """fairseq imports the folder as ``fairseq_plugin``, then its ``models/*`` (as in every worker)."""
+    out = subprocess.run([sys.executable, "-c", USER_DIR_LOADS, str(user_dir)], check=True, text=True,
+                         stdout=subprocess.PIPE, env=clean_env(**(NO_HOOK if hook == "off" else {}))).stdout  # fmt: skip
+    assert out.splitlines() == [
+        f"{hook == 'on'} ['knee_plugins.fairseq_plugin', 'knee_plugins.fairseq_plugin.models']",
+        "True",
+        "True",
+    ]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("hook", ["off", "on"])
-def test_user_dir_is_the_installed_package(train, knee_plugins_dir, hook):
+def test_fairseq_train_with_user_dir(train, user_dir, hook):
     env = clean_env(**NO_HOOK) if hook == "off" else None
-    out = train("--user-dir", knee_plugins_dir, "--lr-scheduler", "knee", "--optimizer", "radam",
+    out = train("--user-dir", user_dir, "--lr-scheduler", "knee", "--optimizer", "radam",
                 "--max-update", "4", env=env).stdout  # fmt: skip
     assert sorted(logged_lrs(out)) == [1, 2, 3, 4]
-
-
-@pytest.mark.slow
-def test_user_dir_may_point_at_the_plugin_folder(knee_plugins_dir):
-    out = run_cli("fairseq-train", "--user-dir", knee_plugins_dir / "fairseq_plugin", "--help",
-                  env=clean_env(**NO_HOOK)).stdout  # fmt: skip
-    assert "knee" in choices(out, "--lr-scheduler")
 
 
 HYDRA_CONFIG = """\
