@@ -159,10 +159,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         print("\n".join(squad.plan_lines(args, args.num_processes, args.per_device, args.accumulation)))
         return 0
+    for run_args in squad.seed_runs(args):
+        train_and_evaluate(run_args)
+    return 0
+
+
+def train_and_evaluate(args: argparse.Namespace) -> None:
+    """One fine-tuning run: train, evaluate, save (resuming from a checkpoint if asked)."""
     started = time.time()
 
     # Accelerator: we step the scheduler ourselves, once per optimizer update; seeded sampler per epoch.
     accelerator = Accelerator(
+        mixed_precision=args.mixed_precision,
         gradient_accumulation_steps=args.accumulation,
         step_scheduler_with_optimizer=False,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
@@ -242,6 +250,12 @@ def main(argv: list[str] | None = None) -> int:
     lr_scheduler = accelerator.prepare(lr_scheduler)
 
     # Resume: model, optimizer, scheduler and RNG states; skip the batches already seen in that epoch.
+    # A save cut short by a kill is a step_N.partial folder: never resumed from, removed here.
+    if accelerator.is_main_process:
+        for partial in output_dir.glob("step_*.partial"):
+            logger.info(f"removing {partial}, a save that did not finish")
+            shutil.rmtree(partial)
+    accelerator.wait_for_everyone()
     completed_steps = 0
     if args.resume_from_checkpoint:
         checkpoint = (
@@ -288,13 +302,15 @@ def main(argv: list[str] | None = None) -> int:
         dataloader = train_dataloader
         if epoch == starting_epoch and resume_batches:
             dataloader = accelerator.skip_first_batches(train_dataloader, resume_batches)
-        losses, batch_features = [], []
+        losses, batch_features, grad_norm = [], [], None
         for batch in dataloader:
             batch_features.extend(batch.pop("feature_index").tolist())
             with accelerator.accumulate(model):
                 learning_rate = lr_scheduler.get_last_lr()[0]
                 loss = model(**batch).loss
                 accelerator.backward(loss)
+                if accelerator.sync_gradients and args.max_grad_norm > 0:
+                    grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm))
                 optimizer.step()
                 if accelerator.sync_gradients and not accelerator.optimizer_step_was_skipped:
                     lr_scheduler.step()
@@ -313,6 +329,7 @@ def main(argv: list[str] | None = None) -> int:
                     "epoch": epoch,
                     "lr": learning_rate,
                     "loss": float(np.mean(losses)),
+                    "grad_norm": grad_norm,
                     "num_processes": accelerator.num_processes,
                     "features": batch_features,
                 }
@@ -378,7 +395,6 @@ def main(argv: list[str] | None = None) -> int:
             f"EM {results['final']['exact_match']:.2f} F1 {results['final']['f1']:.2f}; results in {output_dir / 'results.json'}"
         )
     accelerator.end_training()
-    return 0
 
 
 if __name__ == "__main__":

@@ -483,6 +483,19 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     )
     train.add_argument("--eval-batch-size", type=int, default=64, help="windows per process in evaluation")
     train.add_argument(
+        "--max-grad-norm",
+        type=float,
+        default=1.0,
+        help="clip the gradients' global norm to this before each update, as Google's and NVIDIA's BERT "
+        "fine-tuning do (0: no clipping); the same in both routes",
+    )
+    train.add_argument(
+        "--mixed-precision",
+        choices=("no", "fp16", "bf16"),
+        default="no",
+        help="autocast precision of the forward pass (fp16 with a dynamic loss scale); the same in both routes",
+    )
+    train.add_argument(
         "--warmup", default="0", help="warmup: updates (100), fraction of the budget (0.1) or epochs (0.5ep)"
     )
     train.add_argument(
@@ -505,6 +518,13 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
         "--one-cycle-pct-start", type=float, default=0.3, help="fraction of the budget one_cycle spends rising"
     )
     train.add_argument("--seed", type=int, default=42, help="random seed (model head, dropout, data order)")
+    train.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        help="train this many runs, seeds --seed, --seed + 1, ...; with more than one each writes to "
+        "<output-dir>/seed<N> (the paper reports the mean of 3; compare.py prints mean ± std)",
+    )
     train.add_argument(
         "--output-dir",
         type=Path,
@@ -553,8 +573,12 @@ def check_common_arguments(parser: argparse.ArgumentParser, args: argparse.Names
             parser.error(f"--{name.replace('_', '-')} must be > 0, got {value}")
     if args.weight_decay < 0:
         parser.error(f"--weight-decay must be >= 0, got {args.weight_decay}")
+    if not (args.max_grad_norm >= 0 and math.isfinite(args.max_grad_norm)):
+        parser.error(f"--max-grad-norm must be >= 0 (0: no clipping), got {args.max_grad_norm}")
     if not 0 < args.one_cycle_pct_start < 1:
         parser.error(f"--one-cycle-pct-start must be in (0, 1), got {args.one_cycle_pct_start}")
+    if args.seeds < 1:
+        parser.error(f"--seeds must be >= 1, got {args.seeds}")
     if args.max_train_steps is not None and args.max_train_steps <= 0:
         parser.error(f"--max-train-steps must be > 0, got {args.max_train_steps}")
     if not 0 <= args.min_lr_ratio < 1:
@@ -568,6 +592,16 @@ def check_common_arguments(parser: argparse.ArgumentParser, args: argparse.Names
             parser.error(str(error))
     if args.output_dir is None:
         args.output_dir = Path("runs") / "squad" / args.schedule
+
+
+def seed_runs(args: argparse.Namespace) -> list[argparse.Namespace]:
+    """The runs ``--seeds`` asks for: seeds ``--seed``, ``--seed + 1``, ...; several go to ``<output-dir>/seed<N>``."""
+    if args.seeds == 1:
+        return [args]
+    return [
+        argparse.Namespace(**{**vars(args), "seed": seed, "output_dir": Path(args.output_dir) / f"seed{seed}"})
+        for seed in range(args.seed, args.seed + args.seeds)
+    ]
 
 
 def batch_layout(global_batch_size: int, per_device_batch_size: int | None, num_processes: int) -> tuple[int, int]:
@@ -622,9 +656,12 @@ def plan_lines(args: argparse.Namespace, num_processes: int, per_device: int, ac
         f"windows: max length {args.max_seq_length}, doc stride {args.doc_stride}; answers: n-best {args.n_best_size}, "
         f"max length {args.max_answer_length}",
         f"batch: global {args.global_batch_size} = {per_device} per device x {num_processes} processes x {accumulation} accumulation",
-        f"optimizer: AdamW lr {args.learning_rate:g}, weight decay {args.weight_decay:g}; budget {budget}",
+        f"optimizer: AdamW lr {args.learning_rate:g}, weight decay {args.weight_decay:g}, "
+        f"gradient clipping {f'{args.max_grad_norm:g}' if args.max_grad_norm else 'off'}, precision {args.mixed_precision}; "
+        f"budget {budget}",
         f"schedule: {args.schedule} ({shape}); updates per epoch known after tokenising the data",
-        f"seed: {args.seed}; output: {args.output_dir}",
+        f"seed: {args.seed}{f' .. {args.seed + args.seeds - 1} ({args.seeds} runs, output/seed<N>)' if args.seeds > 1 else ''}; "
+        f"output: {args.output_dir}",
     ]
 
 
@@ -644,20 +681,31 @@ def load_features(args: argparse.Namespace, tokenizer: Any) -> dict[str, Any]:
 
 
 def compare_table(results: Sequence[Mapping[str, Any]]) -> str:
-    """A Markdown table of finished runs: route, schedule, data size, updates, final EM/F1, wall time."""
-    header = ("route", "schedule", "train questions", "dev questions", "updates", "EM", "F1", "wall s")
-    rows = [header, tuple("---" for _ in header)]
+    """A Markdown table of finished runs, one row per route, schedule, data and budget: final EM/F1 as
+    mean ± std over the seeds that ran it, and the mean wall time."""
+    from scripts.common.results import mean_std
+
+    groups: dict[tuple[str, ...], list[Mapping[str, Any]]] = {}
     for result in results:
+        key = (
+            result["route"],
+            result["schedule"],
+            str(result["num_train_examples"]),
+            str(result["num_eval_examples"]),
+            str(result["total_steps"]),
+        )
+        groups.setdefault(key, []).append(result)
+    header = ("route", "schedule", "train questions", "dev questions", "updates", "seeds", "EM", "F1", "wall s")
+    rows = [header, tuple("---" for _ in header)]
+    for key, runs in groups.items():
+        seeds = ", ".join(str(run.get("args", {}).get("seed", "?")) for run in runs)
         rows.append(
             (
-                result["route"],
-                result["schedule"],
-                str(result["num_train_examples"]),
-                str(result["num_eval_examples"]),
-                str(result["total_steps"]),
-                f"{result['final']['exact_match']:.2f}",
-                f"{result['final']['f1']:.2f}",
-                f"{result['wall_time_s']:.0f}",
+                *key,
+                seeds,
+                mean_std([run["final"]["exact_match"] for run in runs], 2),
+                mean_std([run["final"]["f1"] for run in runs], 2),
+                f"{sum(run['wall_time_s'] for run in runs) / len(runs):.0f}",
             )
         )
     return "\n".join("| " + " | ".join(row) + " |" for row in rows)

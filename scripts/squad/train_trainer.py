@@ -164,6 +164,12 @@ def main(argv: list[str] | None = None) -> dict | None:
         print("\n".join([*lines, route]))
         return None
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    runs = [train_and_evaluate(run_args) for run_args in squad.seed_runs(args)]
+    return runs[0] if len(runs) == 1 else {"runs": runs}
+
+
+def train_and_evaluate(args: argparse.Namespace) -> dict:
+    """One fine-tuning run through the Trainer; returns what it writes to results.json."""
     started = time.time()
     output_dir = Path(args.output_dir)
 
@@ -203,6 +209,9 @@ def main(argv: list[str] | None = None) -> dict | None:
         output_dir=str(output_dir),
         learning_rate=args.learning_rate,
         weight_decay=args.weight_decay,
+        max_grad_norm=args.max_grad_norm,
+        fp16=args.mixed_precision == "fp16",
+        bf16=args.mixed_precision == "bf16",
         per_device_train_batch_size=args.per_device,
         per_device_eval_batch_size=args.eval_batch_size,
         gradient_accumulation_steps=args.accumulation,

@@ -290,10 +290,14 @@ def test_an_explore_phase_longer_than_the_budget_is_refused_naming_the_flags():
     }
 
 
-def test_compare_prints_one_row_per_run_and_draws_the_plot(tmp_path, capsys):
-    for schedule, f1 in (("knee", 61.234), ("linear", 58.5)):
-        run = tmp_path / schedule
-        run.mkdir()
+def test_compare_prints_one_row_per_setting_with_the_seeds_mean_and_std_and_draws_the_plot(tmp_path, capsys):
+    for folder, schedule, seed, f1 in (
+        ("knee/seed1", "knee", 1, 61.234),
+        ("knee/seed2", "knee", 2, 63.234),
+        ("linear", "linear", 1, 58.5),
+    ):
+        run = tmp_path / folder
+        run.mkdir(parents=True)
         (run / "results.json").write_text(
             json.dumps(
                 {
@@ -306,6 +310,7 @@ def test_compare_prints_one_row_per_run_and_draws_the_plot(tmp_path, capsys):
                     "wall_time_s": 99.6,
                     "steps": [{"step": s, "lr": 1e-4 * (4 - s) / 4} for s in range(1, 5)],
                     "evaluations": [{"step": 4, "f1": f1}],
+                    "args": {"seed": seed},
                 }
             )
         )
@@ -313,7 +318,7 @@ def test_compare_prints_one_row_per_run_and_draws_the_plot(tmp_path, capsys):
         [str(tmp_path / "knee"), str(tmp_path / "linear" / "results.json"), "--plot", str(tmp_path / "c.png")]
     )
     lines = capsys.readouterr().out.splitlines()
-    assert lines[2] == "| accelerate | knee | 800 | 300 | 4 | 50.00 | 61.23 | 100 |"
+    assert lines[2] == "| accelerate | knee | 800 | 300 | 4 | 1, 2 | 50.00 ± 0.00 | 62.23 ± 1.41 | 100 |"
     assert lines[3].startswith("| accelerate | linear |") and len(lines) == 4
     assert (tmp_path / "c.png").stat().st_size > 5_000
     with pytest.raises(SystemExit):

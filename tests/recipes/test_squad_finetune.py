@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -38,6 +39,7 @@ COMMON = [
     "knee",
 ]
 TOTAL, EXPLORE = 32, 16
+SHORT = ("--max-train-steps", "6", "--explore", "0.5")
 
 
 @pytest.fixture(scope="module")
@@ -123,13 +125,31 @@ def test_one_process_follows_knee_per_update_and_writes_em_f1(one_process, setup
 
 def test_two_processes_match_one_per_update_and_score_each_dev_window_once(one_process, setup):
     results, _ = one_process
-    two = launch(2, setup["root"] / "two", *setup["args"])
-    assert (two["num_processes"], two["per_device_batch_size"], two["gradient_accumulation_steps"]) == (2, 2, 1)
-    assert two["total_steps"] == TOTAL
+    # Global batch 4 = 2 processes x 1 example x 2 accumulation steps (the README's 1-GPU command accumulates too).
+    two = launch(2, setup["root"] / "two", *setup["args"], "--per-device-batch-size", "1")
+    assert (two["num_processes"], two["per_device_batch_size"], two["gradient_accumulation_steps"]) == (2, 1, 2)
+    assert two["total_steps"] == TOTAL and two["steps_per_epoch"] == results["steps_per_epoch"]
     assert [s["lr"] for s in two["steps"]] == [s["lr"] for s in results["steps"]]
     assert dev_windows(setup) % (2 * 4) != 0
     for evaluation in two["evaluations"]:
         assert (evaluation["num_examples"], evaluation["num_windows"]) == (11, dev_windows(setup))
+
+
+def test_accelerate_route_clips_the_global_gradient_norm_as_the_trainer_route_does(one_process, setup):
+    """Default --max-grad-norm 1.0: every update logs its pre-clip norm; a tight bound changes the
+    trajectory (same LRs), no bound logs none. The Trainer route gets the same value (max_grad_norm)."""
+    results, _ = one_process
+    assert all(s["grad_norm"] > 0 for s in results["steps"])
+    tight = launch(1, setup["root"] / "clip-tight", *setup["args"], "--max-grad-norm", "0.01", *SHORT)
+    loose = launch(1, setup["root"] / "clip-off", *setup["args"], "--max-grad-norm", "0", *SHORT)
+    assert [s["lr"] for s in tight["steps"]] == [s["lr"] for s in loose["steps"]]
+    assert all(s["grad_norm"] is None for s in loose["steps"])
+    assert min(s["grad_norm"] for s in tight["steps"]) > 0.01  # the bound bites at every update
+    assert [s["loss"] for s in tight["steps"]][2:] != pytest.approx([s["loss"] for s in loose["steps"]][2:], rel=1e-6)
+    from scripts.squad import squad_utils, train_trainer
+
+    trainer_args = train_trainer.parse_args([*setup["args"], "--dry-run"])
+    assert "gradient clipping 1, precision no" in "\n".join(squad_utils.plan_lines(trainer_args, 1, 4, 1))
 
 
 def test_resume_after_sigkill_continues_the_lr_trajectory_and_the_data_order(one_process, setup):
@@ -157,7 +177,13 @@ def test_resume_after_sigkill_continues_the_lr_trajectory_and_the_data_order(one
     killed_at = max(steps_log(output_dir))
     assert 21 <= killed_at < TOTAL and not (output_dir / "results.json").exists()
 
+    # What a kill in the middle of a save leaves: a half-written step_N.partial, newer than the last save.
+    newest = max(output_dir.glob("step_*[0-9]"), key=lambda path: int(path.name.split("_")[1]))
+    half_written = output_dir / f"step_{killed_at + 1}.partial"
+    shutil.copytree(newest, half_written)
+    next(path for path in sorted(half_written.rglob("*")) if path.is_file()).unlink()
     resumed = launch(1, output_dir, *setup["args"], "--checkpointing-steps", "4", "--resume-from-checkpoint", "latest")
+    assert not list(output_dir.glob("*.partial"))
     reference = steps_log(reference_dir)
     after = steps_log(output_dir)
     assert sorted(after) == list(range(1, TOTAL + 1))
@@ -206,3 +232,30 @@ def test_both_trainer_routes_follow_knee_and_agree_and_linear_is_the_trainers_ow
     expected = [LEARNING_RATE * (s / 2 if s < 2 else (8 - s) / 6) for s in range(8)]
     assert [s["lr"] for s in linear["steps"]] == pytest.approx(expected, rel=1e-12, abs=1e-15)
     assert 0 <= linear["final"]["f1"] <= 100
+
+
+def test_seeds_train_one_run_per_seed_and_compare_reports_their_mean_and_std(setup, monkeypatch, capsys):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    from scripts.squad import compare, train_trainer
+
+    output_dir = setup["root"] / "seeds"
+    argv = [
+        *setup["args"],
+        "--seeds",
+        "2",
+        "--seed",
+        "7",
+        *SHORT,
+        "--logging-steps",
+        "1",
+        "--output-dir",
+        str(output_dir),
+    ]
+    runs = train_trainer.main(argv)["runs"]
+    assert [run["args"]["seed"] for run in runs] == [7, 8]
+    assert sorted(p.parent.name for p in output_dir.glob("seed*/results.json")) == ["seed7", "seed8"]
+    assert runs[0]["steps"] != runs[1]["steps"]  # another head init and data order
+    capsys.readouterr()
+    compare.main([str(output_dir)])
+    row = capsys.readouterr().out.splitlines()[2]
+    assert "| 7, 8 |" in row and row.count("±") == 2
