@@ -20,6 +20,9 @@ _LAZY_EXPORTS = {
     "KneeLR": "knee_plugins.lr_scheduler",
     "get_knee_schedule_with_warmup": "knee_plugins.hf",
     "KneeCallback": "knee_plugins.hf",
+    "measure_sharpness": "knee_plugins.sharpness",
+    "trainer_lr_range_test": "knee_plugins.lr_range_test",
+    "accelerate_lr_range_test": "knee_plugins.lr_range_test",
 }
 
 __all__ = [

@@ -286,29 +286,36 @@ def fairseq_loss_fn(criterion: Any) -> LossFn:
     return loss_fn
 
 
-def _hf_batches(args: argparse.Namespace) -> tuple[nn.Module, list[Any], LossFn]:
-    from transformers import (
-        AutoModelForCausalLM,
-        AutoModelForMaskedLM,
-        AutoTokenizer,
-        DataCollatorForLanguageModeling,
-    )
+def hf_text_model_and_data(
+    model_dir: str | Path, data: str | Path, *, objective: str = "mlm", max_length: int = 128, seed: int = 0
+) -> tuple[nn.Module, list[dict[str, Any]], Callable[[list[dict[str, Any]]], dict[str, Any]]]:
+    """A HuggingFace masked (``objective="mlm"``) or causal (``"clm"``) LM from ``model_dir``, the
+    tokenised lines of the text file ``data`` (one example a line) and the collator that batches
+    them with ``labels`` (masking seeded by ``seed``)."""
+    if objective not in ("mlm", "clm"):
+        raise ValueError(f"objective must be 'mlm' or 'clm', got {objective!r}")
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer, DataCollatorForLanguageModeling
 
-    tokenizer = AutoTokenizer.from_pretrained(args.hf_model)
-    auto = AutoModelForMaskedLM if args.objective == "mlm" else AutoModelForCausalLM
-    model = auto.from_pretrained(args.hf_model, attn_implementation="eager")
-    lines = [line.strip() for line in Path(args.data).read_text(encoding="utf-8").splitlines() if line.strip()]
-    needed = args.num_batches * args.batch_size
-    if len(lines) < needed:
-        raise SystemExit(f"--data holds {len(lines)} non-empty lines; --num-batches × --batch-size needs {needed}")
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    auto = AutoModelForMaskedLM if objective == "mlm" else AutoModelForCausalLM
+    model = auto.from_pretrained(model_dir)
+    lines = [line.strip() for line in Path(data).read_text(encoding="utf-8").splitlines() if line.strip()]
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    collator = DataCollatorForLanguageModeling(tokenizer, mlm=args.objective == "mlm", seed=args.seed)
-    batches = []
-    for start in range(0, needed, args.batch_size):
-        encoded = tokenizer(lines[start : start + args.batch_size], truncation=True, max_length=args.max_length)
-        features = [{key: encoded[key][i] for key in encoded} for i in range(len(encoded["input_ids"]))]
-        batches.append(dict(collator(features)))
+    encoded = tokenizer(lines, truncation=True, max_length=max_length)
+    features = [{key: encoded[key][i] for key in encoded} for i in range(len(lines))]
+    collator = DataCollatorForLanguageModeling(tokenizer, mlm=objective == "mlm", seed=seed)
+    return model, features, lambda examples: dict(collator(examples))
+
+
+def _hf_batches(args: argparse.Namespace) -> tuple[nn.Module, list[Any], LossFn]:
+    model, features, collate = hf_text_model_and_data(
+        args.hf_model, args.data, objective=args.objective, max_length=args.max_length, seed=args.seed
+    )
+    needed = args.num_batches * args.batch_size
+    if len(features) < needed:
+        raise SystemExit(f"--data holds {len(features)} non-empty lines; --num-batches x --batch-size needs {needed}")
+    batches = [collate(features[start : start + args.batch_size]) for start in range(0, needed, args.batch_size)]
     return model, batches, hf_loss_fn
 
 
