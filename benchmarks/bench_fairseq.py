@@ -20,10 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "tests" / "fairseq"))
+from scripts.common.fairseq_cli import BIN, TINY_MODEL, clean_env, run_cli, train_records, write_tiny_corpus
 
-from knee_fairseq_helpers import BIN, TINY_MODEL, clean_env, run_cli, train_records, write_corpus  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 
 def words_per_second(data: Path, save_dir: Path, scheduler: list, updates: int) -> float:
@@ -45,7 +44,7 @@ def bench_training(rounds: int, updates: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         raw, data = Path(tmp, "raw"), Path(tmp, "bin")
         raw.mkdir()
-        write_corpus(raw)
+        write_tiny_corpus(raw)
         run_cli("fairseq-preprocess", "--source-lang", "de", "--target-lang", "en",
                 "--trainpref", raw / "train", "--validpref", raw / "valid",
                 "--destdir", data, "--joined-dictionary", "--workers", "1")  # fmt: skip

@@ -2,22 +2,21 @@
 budget does each schedule reach what linear and cosine decay reach with the whole budget?
 
 For every schedule (default knee, linear, cosine), budget fraction f (default 0.4 0.55 0.7 1.0 of
-``--max-updates`` N) and seed n, the translation recipe trains one model through its own command line,
-one run at a time::
+``--max-updates`` N) and seed n, the translation runner (:mod:`scripts.common.runner`) trains one run of
+the translation demo (:data:`scripts.common.fairseq_recipe.DEMO`: its model, data, batch, optimizer,
+warmup ratio and each schedule's peak LR) with a budget of round(f·N) updates, one run at a time, in
+``<work-dir>/runs/S-<100f>pct-seed<n>``:
 
-    python -m scripts.translation.run --task demo --schedule S --budget full
-        --max-updates round(f·N) --seeds 1 --work-dir <work-dir>/runs/S-<100f>pct-seed<n>
-        --fairseq-args "--seed n --save-interval-updates K --validate-interval 1000000 --save-interval 1000000
-                        --dropout D"
+    fairseq-train <work-dir>/prepared/data-bin ... (the demo's run of S) --max-update round(f·N)
+        --seed n --dropout D --save-interval-updates K --validate-interval 1000000 --save-interval 1000000
 
 so every run is the whole schedule at its own budget (Knee explores half of *its* budget, linear and
-cosine reach 0 at *its* end). fairseq takes the last ``--seed`` it is given, so ``--seed n`` sets the
-run's seed (the recipe itself numbers its single run "seed 1"). fairseq validates when it saves
-(every K updates) and at the last update; the two huge epoch intervals switch off the end-of-epoch
-validation, so every run's valid curve lies on the same grid K, 2K, ... plus its last update, and its
-best checkpoint (the one scored on test) is one of those points. The data is prepared once, in
-``<work-dir>/prepared``, which every run folder links to as its ``prepared`` (the recipe reuses it
-while its stamp matches). A run whose ``results.json`` exists is skipped: the benchmark resumes.
+cosine reach 0 at *its* end; the warmup is the demo's 6% of *its* budget). fairseq validates when it
+saves (every K updates) and at the last update; the two huge epoch intervals switch off the
+end-of-epoch validation, so every run's valid curve lies on the same grid K, 2K, ... plus its last
+update, and its best checkpoint (the one scored on test) is one of those points. The data is prepared
+once, in ``<work-dir>/prepared``. A run whose ``results.json`` exists and whose recorded command is the
+planned one is skipped: the benchmark resumes.
 
 The answer, with L_s(u) the valid loss of seed s at validation update u of a run:
 
@@ -51,39 +50,35 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from scripts.common.fairseq_cli import fairseq_command
+from scripts.common.fairseq_recipe import (
+    DEMO,
+    SCHEDULES,
+    RunConfig,
+    TaskRecipe,
+    generate_command,
+    replace_option,
+    train_command,
+    with_budget,
+)
 from scripts.common.results import RunResult, mean_std, read_results_json
-from scripts.translation import run as translation
+from scripts.common.runner import Job, RunnerOptions, run_all
 
 logger = logging.getLogger("budget")
 
 HERE = Path(__file__).resolve().parent
-RECIPE_MODULE = "scripts.translation.run"
 DEFAULT_SCHEDULES = ("knee", "linear", "cosine")
 DEFAULT_FRACTIONS = (0.4, 0.55, 0.7, 1.0)
 DEFAULT_TARGETS = ("linear", "cosine")
 # An epoch interval no run reaches: fairseq then validates and saves on the update grid only.
 NEVER_EPOCHS = 1_000_000
 RUN_RECORD = "benchmark-run.json"
-# Recipe flags the benchmark sets itself (per run, or through its own flags of the same name).
-CONTROLLED_RECIPE_FLAGS = (
-    "--task",
-    "--schedule",
-    "--budget",
-    "--max-updates",
-    "--seeds",
-    "--work-dir",
-    "--fairseq-args",
-    "--dry-run",
-    "--skip-generate",
-    "--train-pairs",
-    "--heldout-pairs",
-    "--bpe-symbols",
-    "--sweep-lr",
-)
-# fairseq flags the benchmark sets in every run's --fairseq-args.
+WORK_DIR = "<work-dir>"  # the work dir in a recorded command, so that a moved work dir still resumes
+# fairseq flags the benchmark sets in every run itself.
 CONTROLLED_FAIRSEQ_FLAGS = ("--seed", "--save-interval-updates", "--validate-interval", "--save-interval", "--dropout")
 # The demo trains ~1.4 epochs without dropout; the budget's longest runs are ~10 epochs of the same corpus,
 # where the paper's recipes regularise with dropout (its WMT'14 Transformer: 0.1).
@@ -111,14 +106,16 @@ def budget_updates(fraction: float, max_updates: int) -> int:
 
 @dataclass(frozen=True)
 class PlannedRun:
-    """One (schedule, budget, seed) run of the recipe, in its own folder."""
+    """One (schedule, budget, seed) run of the demo, in its own folder."""
 
     schedule: str
     fraction: float
     updates: int
     seed: int
     run_dir: Path
-    recipe_args: tuple[str, ...]  # the recipe's arguments but --work-dir (so a moved work dir still resumes)
+    config: RunConfig = field(compare=False)
+    heldout_pairs: int | None = None
+    train_pairs: int | None = None
 
     @property
     def name(self) -> str:
@@ -126,7 +123,21 @@ class PlannedRun:
 
     @property
     def command(self) -> list[str]:
-        return [sys.executable, "-m", RECIPE_MODULE, *self.recipe_args, "--work-dir", str(self.run_dir)]
+        """The run's ``fairseq-train`` command."""
+        return train_command(self.config)
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        """What a finished run records and must match to be this run: its fairseq-train arguments (the
+        work dir as ``<work-dir>``, so that a moved work dir still resumes) and the data it trained on."""
+        work_dir = str(self.run_dir.parent.parent)
+        arguments = self.command[len(fairseq_command("train")) :]
+        data = {
+            "spec": repr(self.config.recipe.spec),
+            "train_pairs": self.train_pairs,
+            "heldout_pairs": self.heldout_pairs,
+        }
+        return {"command": [word.replace(work_dir, WORK_DIR) for word in arguments], "data": data}
 
     @property
     def results_path(self) -> Path:
@@ -150,7 +161,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--schedules",
         nargs="+",
-        choices=translation.SCHEDULES,
+        choices=SCHEDULES,
         default=list(DEFAULT_SCHEDULES),
         help="schedules to train at every budget (default: knee linear cosine)",
     )
@@ -164,7 +175,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--targets",
         nargs="+",
-        choices=translation.SCHEDULES,
+        choices=SCHEDULES,
         default=None,
         help="baselines whose 100%% valid loss and BLEU are the targets (default: linear and cosine, "
         "those of them in --schedules)",
@@ -183,23 +194,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=Path("runs/budget"),
         help="shared prepared data, one folder per run, the table, plot and benchmark.json (default: runs/budget)",
     )
-    parser.add_argument("--train-pairs", type=int, default=None, help="the recipe's --train-pairs (a smaller corpus)")
-    parser.add_argument("--heldout-pairs", type=int, default=None, help="the recipe's --heldout-pairs")
-    parser.add_argument("--bpe-symbols", type=int, default=None, help="the recipe's --bpe-symbols")
+    parser.add_argument("--train-pairs", type=int, default=None, help="the demo's --train-pairs (a smaller corpus)")
+    parser.add_argument("--heldout-pairs", type=int, default=None, help="the demo's --heldout-pairs")
+    parser.add_argument("--bpe-symbols", type=int, default=None, help="the demo's --bpe-symbols")
     parser.add_argument(
-        "--skip-generate",
-        action="store_true",
-        help="do not score on test (no BLEU: the targets are the valid loss only)",
-    )
-    parser.add_argument(
-        "--recipe-args",
-        default="",
-        help='more translation-recipe arguments for every run, quoted as one string (e.g. "--cpu")',
-    )
-    parser.add_argument(
-        "--fairseq-args",
-        default="",
-        help="more fairseq-train arguments for every run, quoted as one string",
+        "--lr",
+        type=float,
+        default=None,
+        help="one peak LR for every schedule (default: each schedule's own, the demo's DEMO_PEAK_LR)",
     )
     parser.add_argument(
         "--dropout",
@@ -208,7 +210,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help=f"dropout of every run (default: {DEFAULT_DROPOUT}; the demo's own is 0 for its ~1.4 epochs, the "
         "longest budget here is ~10 epochs at 8000 updates)",
     )
-    parser.add_argument("--dry-run", action="store_true", help="print the recipe command of every run and exit")
+    parser.add_argument(
+        "--skip-generate",
+        action="store_true",
+        help="do not score on test (no BLEU: the targets are the valid loss only)",
+    )
+    parser.add_argument("--cpu", action="store_true", help="train on CPU (default when there is no GPU)")
+    parser.add_argument(
+        "--world-size", type=int, default=None, help="GPUs every run uses (default: every local GPU; 1 on CPU)"
+    )
+    parser.add_argument(
+        "--fairseq-args",
+        default="",
+        help="more fairseq-train arguments for every run, quoted as one string",
+    )
+    parser.add_argument("--dry-run", action="store_true", help="print the fairseq-train command of every run and exit")
     args = parser.parse_args(argv)
 
     if args.max_updates < 2:
@@ -217,6 +233,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error(f"--seeds must be >= 1, got {args.seeds}")
     if not 0 <= args.dropout < 1:
         parser.error(f"--dropout must be in [0, 1), got {args.dropout:g}")
+    if args.lr is not None and not args.lr > 0:
+        parser.error(f"--lr must be > 0, got {args.lr:g}")
     bad = [f for f in args.budgets if not 0 < f <= 1]
     if bad:
         parser.error(f"--budgets must be fractions in (0, 1], got {bad}")
@@ -240,74 +258,86 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.valid_interval = max(1, args.max_updates // 20)
     if args.valid_interval < 1:
         parser.error(f"--valid-interval must be >= 1, got {args.valid_interval}")
-    for name, value in (
-        ("--train-pairs", args.train_pairs),
-        ("--heldout-pairs", args.heldout_pairs),
-        ("--bpe-symbols", args.bpe_symbols),
-    ):
-        if value is not None and value < 1:
-            parser.error(f"{name} must be >= 1, got {value}")
-    controlled = _flag_used(shlex.split(args.recipe_args), CONTROLLED_RECIPE_FLAGS)
-    if controlled:
-        parser.error(f"--recipe-args must not set {controlled}: the benchmark sets them (see --help)")
+    try:
+        runner_options(args).check()
+    except ValueError as error:
+        parser.error(str(error))
     controlled = _flag_used(shlex.split(args.fairseq_args), CONTROLLED_FAIRSEQ_FLAGS)
     if controlled:
         parser.error(f"--fairseq-args must not set {controlled}: the benchmark sets them per run")
     return args
 
 
+def runner_options(args: argparse.Namespace) -> RunnerOptions:
+    """The translation runner's options of every run: the demo, on the benchmark's corpus and devices."""
+    return RunnerOptions(
+        "demo",
+        work_dir=args.work_dir,
+        world_size=args.world_size,
+        train_pairs=args.train_pairs,
+        heldout_pairs=args.heldout_pairs,
+        bpe_symbols=args.bpe_symbols,
+        cpu=args.cpu,
+        dry_run=args.dry_run,
+        skip_generate=args.skip_generate,
+        fairseq_args=args.fairseq_args,
+    )
+
+
+def demo_recipe(args: argparse.Namespace) -> TaskRecipe:
+    """The demo at the benchmark's dropout and corpus (the budget is set per run)."""
+    return dataclasses.replace(runner_options(args).recipe(DEMO), dropout=args.dropout)
+
+
 def plan_runs(args: argparse.Namespace) -> list[PlannedRun]:
     """Every (schedule, budget, seed) run in the order they train: seed, then budget (longest first,
     so the targets exist early), then schedule."""
+    options = runner_options(args)
     work_dir = args.work_dir.resolve()
-    data_args = [
-        word
-        for flag, value in (
-            ("--train-pairs", args.train_pairs),
-            ("--heldout-pairs", args.heldout_pairs),
-            ("--bpe-symbols", args.bpe_symbols),
-        )
-        if value is not None
-        for word in (flag, str(value))
-    ]
+    base = demo_recipe(args)
+    batches = options.batches(base)
+    extra = ["--validate-interval", str(NEVER_EPOCHS), "--save-interval", str(NEVER_EPOCHS), *options.fairseq_extra]
     runs = []
     for seed in range(1, args.seeds + 1):
         for fraction in sorted(args.budgets, reverse=True):
+            updates = budget_updates(fraction, args.max_updates)
+            recipe = with_budget(base, updates)
+            recipe = dataclasses.replace(
+                recipe, extra_args=replace_option(recipe.extra_args, "--save-interval-updates", args.valid_interval)
+            )
             for schedule in args.schedules:
-                updates = budget_updates(fraction, args.max_updates)
-                fairseq_args = [
-                    "--seed", str(seed),
-                    "--save-interval-updates", str(args.valid_interval),
-                    "--validate-interval", str(NEVER_EPOCHS),
-                    "--save-interval", str(NEVER_EPOCHS),
-                    "--dropout", f"{args.dropout:g}",
-                    *shlex.split(args.fairseq_args),
-                ]  # fmt: skip
-                recipe_args = (
-                    "--task", "demo", "--schedule", schedule, "--budget", "full",
-                    "--max-updates", str(updates), "--seeds", "1",
-                    *data_args,
-                    *shlex.split(args.recipe_args),
-                    *(["--skip-generate"] if args.skip_generate else []),
-                    "--fairseq-args", shlex.join(fairseq_args),
-                )  # fmt: skip
                 run_dir = work_dir / "runs" / f"{schedule}-{percent(fraction)[:-1]}pct-seed{seed}"
-                runs.append(PlannedRun(schedule, fraction, updates, seed, run_dir, recipe_args))
+                config = RunConfig(
+                    recipe,
+                    schedule,
+                    "full",
+                    seed,
+                    work_dir / "prepared" / "data-bin",
+                    run_dir / "checkpoints",
+                    batches,
+                    cpu=options.use_cpu,
+                    extra=extra,
+                    lr=args.lr,
+                )
+                runs.append(
+                    PlannedRun(schedule, fraction, updates, seed, run_dir, config, args.heldout_pairs, args.train_pairs)
+                )
     return runs
 
 
 def has_results(run: PlannedRun) -> bool:
-    """Whether ``run`` already finished (its results.json exists and came from the same recipe arguments).
+    """Whether ``run`` already finished (its results.json exists and came from the same command and data).
 
-    Raises SystemExit when the folder holds results of other arguments: a resume must not mix them."""
+    Raises SystemExit when the folder holds results of other settings: a resume must not mix them."""
     if not run.results_path.exists():
         return False
-    recorded = json.loads(run.record_path.read_text(encoding="utf-8")) if run.record_path.exists() else None
-    if recorded is None or recorded.get("recipe_args") != list(run.recipe_args):
+    recorded = json.loads(run.record_path.read_text(encoding="utf-8")) if run.record_path.exists() else {}
+    planned = run.identity
+    if {key: recorded.get(key) for key in planned} != planned:
         raise SystemExit(
-            f"{run.run_dir} holds the results of other arguments than this benchmark's for {run.name}:\n"
-            f"  recorded: {shlex.join(recorded['recipe_args']) if recorded else '(no ' + RUN_RECORD + ')'}\n"
-            f"  planned:  {shlex.join(run.recipe_args)}\n"
+            f"{run.run_dir} holds the results of other settings than this benchmark's for {run.name}:\n"
+            f"  recorded: {json.dumps({key: recorded.get(key) for key in planned}) if recorded else '(no ' + RUN_RECORD + ')'}\n"
+            f"  planned:  {json.dumps(planned)}\n"
             "Use another --work-dir, or delete that folder to train it again."
         )
     try:
@@ -328,40 +358,41 @@ def git_commit() -> str:
     return completed.stdout.strip() or "unknown"
 
 
-def train(run: PlannedRun, shared_prepared: Path) -> float:
-    """Train ``run`` through the recipe's command line in a clean folder whose ``prepared`` links to the
-    shared data; return the seconds it took (preparation, training and scoring)."""
+def train(run: PlannedRun, references: Sequence[str], skip_generate: bool) -> float:
+    """Train and score ``run`` through the runner in a clean folder; return the seconds it took."""
     if run.run_dir.exists():  # a run cut short: start it again from nothing
-        link = run.run_dir / "prepared"
-        if link.is_symlink():
-            link.unlink()
         shutil.rmtree(run.run_dir)
     run.run_dir.mkdir(parents=True)
-    (run.run_dir / "prepared").symlink_to(os.path.relpath(shared_prepared, run.run_dir), target_is_directory=True)
-    record = {"recipe_args": list(run.recipe_args), "command": run.command, "commit": git_commit()}
+    record = {**run.identity, "commit": git_commit()}
     run.record_path.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    config = run.config
+    job = Job(
+        run.schedule,
+        run.seed,
+        config.save_dir,
+        run.command,
+        generate_command(config.recipe, config.data_bin, config.save_dir / "checkpoint_best.pt", config.cpu),
+        total_updates=run.updates,
+        peak_lr=config.peak_lr,
+    )
     start = time.monotonic()
-    completed = subprocess.run(run.command)
+    run_all([job], references, config.recipe.spec, run.results_path, skip_generate=skip_generate)
     elapsed = time.monotonic() - start
-    if completed.returncode or not run.results_path.exists():
-        raise SystemExit(
-            f"the translation recipe failed for {run.name} (exit {completed.returncode}); its fairseq log is in "
-            f"{run.run_dir / 'checkpoints'}; command:\n{shlex.join(run.command)}"
-        )
     run.record_path.write_text(json.dumps({**record, "elapsed_seconds": elapsed}, indent=1) + "\n", encoding="utf-8")
     return elapsed
 
 
 def load_result(run: PlannedRun) -> RunResult:
-    """The run's one RunResult, with its true seed (the recipe numbers its single run 1)."""
+    """The run's one RunResult."""
     results = read_results_json(run.results_path)
     if len(results) != 1 or results[0].label != run.schedule:
         raise SystemExit(f"{run.results_path} should hold one {run.schedule} run, holds {[r.label for r in results]}")
-    return dataclasses.replace(results[0], seed=run.seed)
+    return results[0]
 
 
-def run_all(runs: Sequence[PlannedRun], work_dir: Path) -> None:
-    """Train the runs that have no results yet, one at a time, logging each start and end."""
+def train_all(runs: Sequence[PlannedRun], args: argparse.Namespace) -> None:
+    """Prepare the data once and train the runs that have no results yet, one at a time, logging each
+    start and end."""
     todo = [run for run in runs if not has_results(run)]
     logger.info(
         "%d runs planned: %d have results (skipped), %d to train (%d updates)",
@@ -370,12 +401,13 @@ def run_all(runs: Sequence[PlannedRun], work_dir: Path) -> None:
         len(todo),
         sum(run.updates for run in todo),
     )
-    shared_prepared = work_dir / "prepared"
-    shared_prepared.mkdir(parents=True, exist_ok=True)
+    if not todo:
+        return
+    _, references = runner_options(args).prepare(demo_recipe(args), args.work_dir.resolve())
     trained_updates, trained_seconds = 0, 0.0
     for index, run in enumerate(todo, 1):
         logger.info("run %d/%d start: %s", index, len(todo), run.name)
-        elapsed = train(run, shared_prepared)
+        elapsed = train(run, references, args.skip_generate)
         result = load_result(run)
         trained_updates += run.updates
         trained_seconds += elapsed
@@ -460,8 +492,8 @@ class Cell:
     @property
     def bleu(self) -> float | None:
         """Mean test BLEU (tokenised) over seeds; None when any run was not scored."""
-        values = [r.bleu_tokenized for r in self.results]
-        return None if any(v is None for v in values) else statistics.fmean(values)
+        values = [r.bleu_tokenized for r in self.results if r.bleu_tokenized is not None]
+        return statistics.fmean(values) if len(values) == len(self.results) else None
 
 
 @dataclass(frozen=True)
@@ -735,8 +767,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     work_dir = args.work_dir.resolve()
     runs = plan_runs(args)
-    for run in runs:  # the recipe's own parser checks every command before anything trains
-        translation.parse_args([*run.recipe_args, "--work-dir", str(run.run_dir)])
     done = {run for run in runs if has_results(run)}
 
     if args.dry_run:
@@ -749,7 +779,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(shlex.join(run.command) + ("  # has results: skipped" if run in done else ""))
         return 0
 
-    run_all(runs, work_dir)
+    train_all(runs, args)
     cells = build_cells(runs)
     targets = build_targets(cells, args.targets)
     matches = knee_matches(cells, targets)

@@ -8,15 +8,13 @@ import logging
 import math
 import re
 import shlex
-import sys
 
 import pytest
 
 from benchmarks import budget
+from scripts.common.fairseq_cli import fairseq_command
+from scripts.common.fairseq_recipe import DEMO
 from scripts.common.results import RunResult, read_results_json, write_results_json
-
-RECIPE = "scripts.translation.run"
-
 
 # --- reaching a target, on hand-made numbers ---------------------------------------------------
 
@@ -59,7 +57,7 @@ def test_smallest_budget_is_the_smallest_fraction_whose_run_gets_there():
 TINY = ["--max-updates", "100", "--budgets", "0.5", "1.0", "--valid-interval", "10"]
 
 
-def test_plan_one_recipe_command_per_run(tmp_path):
+def test_plan_one_demo_run_per_schedule_budget_and_seed(tmp_path):
     args = budget.parse_args([*TINY, "--seeds", "2", "--work-dir", str(tmp_path), "--bpe-symbols", "200"])
     runs = budget.plan_runs(args)
     assert [(r.seed, r.fraction, r.schedule) for r in runs] == [
@@ -71,16 +69,22 @@ def test_plan_one_recipe_command_per_run(tmp_path):
     assert len({r.run_dir for r in runs}) == len(runs)
     for run in runs:
         words = run.command
-        assert words[:3] == [sys.executable, "-m", RECIPE]
-        option = {words[i]: words[i + 1] for i in range(3, len(words) - 1) if words[i].startswith("--")}
-        assert option["--schedule"] == run.schedule and option["--budget"] == "full"
-        assert option["--max-updates"] == str(run.updates) == str(round(100 * run.fraction))
-        assert option["--seeds"] == "1" and option["--bpe-symbols"] == "200"
-        assert option["--work-dir"] == str(run.run_dir) and run.run_dir.parent == tmp_path.resolve() / "runs"
-        assert shlex.split(option["--fairseq-args"]) == [
-            "--seed", str(run.seed), "--save-interval-updates", "10",
-            "--validate-interval", "1000000", "--save-interval", "1000000", "--dropout", "0.1",
-        ]  # fmt: skip
+        assert words[:1] == fairseq_command("train") and words[1] == str(tmp_path.resolve() / "prepared" / "data-bin")
+        option = {words[i]: words[i + 1] for i in range(2, len(words) - 1) if words[i].startswith("--")}
+        # the demo's run of the schedule at its peak LR, with the benchmark's budget, seed, dropout and grid
+        assert option["--max-update"] == str(run.updates) == str(round(100 * run.fraction))
+        assert option["--lr"] == f"{DEMO.lr_of(run.schedule):g}" and option["--arch"] == DEMO.arch
+        assert option["--seed"] == str(run.seed) and option["--dropout"] == "0.1"
+        assert option["--save-interval-updates"] == "10" and words.count("--save-interval-updates") == 1
+        assert option["--validate-interval"] == option["--save-interval"] == "1000000"
+        assert option["--warmup-updates"] == str(round(DEMO.warmup_ratio * run.updates))
+        assert (
+            option["--save-dir"] == str(run.run_dir / "checkpoints")
+            and run.run_dir.parent == tmp_path.resolve() / "runs"
+        )
+        assert run.config.recipe.spec.bpe_symbols == 200
+    knee = next(run for run in runs if run.schedule == "knee" and run.fraction == 0.5)
+    assert knee.command[knee.command.index("--explore-updates") + 1] == str(25 - 3)
 
 
 def test_dry_run_prints_one_command_per_run_and_trains_nothing(tmp_path, capsys):
@@ -108,10 +112,12 @@ def test_dry_run_prints_one_command_per_run_and_trains_nothing(tmp_path, capsys)
         (["--schedules", "knee", "knee"], "lists a schedule twice"),
         (["--schedules", "knee", "linear", "--targets", "cosine"], "--targets ['cosine'] must also be in"),
         (["--schedules", "knee", "adam"], "--schedules"),
-        (["--recipe-args", "--cpu --max-updates 5"], "--recipe-args must not set ['--max-updates']"),
         (["--fairseq-args=--seed=3"], "--fairseq-args must not set ['--seed']"),
         (["--fairseq-args", "--dropout 0.3"], "--fairseq-args must not set ['--dropout']"),
         (["--dropout", "1"], "--dropout must be in"),
+        (["--lr", "0"], "--lr must be > 0"),
+        (["--train-pairs", "0"], "--train-pairs must be >= 1"),
+        (["--world-size", "0"], "--world-size must be >= 1"),
     ],
 )
 def test_bad_arguments_are_refused_before_anything_runs(argv, message, capsys):
@@ -119,12 +125,6 @@ def test_bad_arguments_are_refused_before_anything_runs(argv, message, capsys):
         budget.parse_args(argv)
     assert stop.value.code == 2
     assert message in capsys.readouterr().err
-
-
-def test_the_recipe_parser_checks_the_recipe_args(tmp_path, capsys):
-    with pytest.raises(SystemExit):
-        budget.main([*TINY, "--work-dir", str(tmp_path), "--recipe-args=--no-such-flag", "--dry-run"])
-    assert "--no-such-flag" in capsys.readouterr().err
 
 
 # --- table and answer from hand-made results (nothing trains) ----------------------------------
@@ -146,7 +146,7 @@ def write_finished_run(run, curve: list[tuple[int, float]], bleu: float | None) 
     best = min(loss for _, loss in curve)
     result = RunResult(run.schedule, 1, 12.0, run.updates, best, math.exp(best), [], curve, bleu, bleu)
     write_results_json([result], run.results_path)
-    run.record_path.write_text(json.dumps({"recipe_args": list(run.recipe_args), "command": run.command}))
+    run.record_path.write_text(json.dumps(run.identity))
 
 
 def test_table_and_answer_from_finished_runs(tmp_path, capsys):
@@ -217,15 +217,20 @@ def test_several_seeds_compare_the_seed_mean_curves(tmp_path, capsys):
     assert "- Knee at 50% matches linear at 100%: yes (valid loss 3.100 <= 3.100)" in markdown
 
 
-def test_results_of_other_arguments_are_not_mixed_in(tmp_path):
+def test_results_of_other_settings_are_not_mixed_in(tmp_path):
     argv = [*TINY, "--work-dir", str(tmp_path)]
     run = budget.plan_runs(budget.parse_args(argv))[0]
     write_finished_run(run, [(10, 3.0)], 1.0)
-    other = budget.plan_runs(budget.parse_args([*argv, "--bpe-symbols", "300"]))[0]
-    assert other.run_dir == run.run_dir
-    with pytest.raises(SystemExit, match="holds the results of other arguments") as stop:
-        budget.main([*argv, "--bpe-symbols", "300", "--dry-run"])
-    assert str(run.run_dir) in str(stop.value.code)
+    for other_argv in (["--bpe-symbols", "300"], ["--dropout", "0.2"], ["--fairseq-args", "--clip-norm 1"]):
+        other = budget.plan_runs(budget.parse_args([*argv, *other_argv]))[0]
+        assert other.run_dir == run.run_dir
+        with pytest.raises(SystemExit, match="holds the results of other settings") as stop:
+            budget.main([*argv, *other_argv, "--dry-run"])
+        assert str(run.run_dir) in str(stop.value.code)
+    # the same run in a moved work dir is still the same run
+    moved = tmp_path.parent / (tmp_path.name + "-moved")
+    tmp_path.rename(moved)
+    assert budget.has_results(budget.plan_runs(budget.parse_args([*TINY, "--work-dir", str(moved)]))[0])
 
 
 # --- end to end: the real recipe, tiny -----------------------------------------------------------
@@ -267,12 +272,12 @@ def test_end_to_end_runs_every_schedule_and_budget_and_resumes(tmp_path, capsys,
         # validation on the grid of --valid-interval and nowhere else (no end-of-epoch points)
         assert [u for u, _ in result.valid_curve] == list(range(2, run.updates + 1, 2))
         assert result.updates == run.updates == round(UPDATES * run.fraction)
-        # the data was prepared once and every run read it through its link
-        assert (run.run_dir / "prepared").resolve() == (tmp_path / "prepared").resolve()
+        # the data was prepared once, before the first run
         assert run.results_path.stat().st_mtime_ns > prepared_at
-        # fairseq trained at the benchmark's dropout, not the demo's 0: the last --dropout it is given wins
-        log = (run.run_dir / "checkpoints" / f"{run.schedule}-full-seed1" / "train.log").read_text()
+        # fairseq trained at the benchmark's dropout (not the demo's 0) and the run's own seed
+        log = (run.run_dir / "checkpoints" / "train.log").read_text()
         assert re.findall(r"[ (]dropout=([0-9.]+)", log) == ["0.1"]
+        assert re.findall(r"[ (]seed=([0-9]+)", log) == [str(run.seed)]
     record = json.loads((tmp_path / "benchmark.json").read_text())
     assert [(r["schedule"], r["updates"], r["result"]["best_valid_loss"]) for r in record["runs"]] == [
         (run.schedule, run.updates, read_results_json(run.results_path)[0].best_valid_loss) for run in runs

@@ -4,6 +4,7 @@ each method's LR against its reference at every step, the LR sweep's choice, and
 import json
 import math
 from dataclasses import asdict
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,9 +17,11 @@ from transformers import (
 )
 
 from knee_plugins.schedule import KneeSchedule, knee_factor
+from scripts.common import sweep
 from scripts.common.hf_data import SECTION_NAMES, kjv_verses, split_verses
+from scripts.common.sweep import MAX_WIDENINGS
 from scripts.hf_demo import compare as hf_demo
-from scripts.hf_demo.compare import MAX_SWEEP_WIDENINGS, METHODS, main, parse_args, trainer_warmup_steps
+from scripts.hf_demo.compare import METHODS, main, parse_args, trainer_warmup_steps
 
 TINY = ["--eval-examples", "16", "--train-examples", "96", "--batch-size", "4", "--max-length", "16"]
 STEPS, WARMUP_FRACTION, PEAK_LR = 10, 0.3, 1e-3  # warmup 3, Knee explore 5 / decay 2, WSD cooldown 2
@@ -109,13 +112,13 @@ def test_sweep_chooses_each_methods_lowest_validation_loss(tmp_path, capsys):
         # a two-point grid always has its winner on an edge: the sweep widened it, x300 or /300 a step
         tried = sorted(losses)
         widened = [lr for lr in tried if lr not in grid]
-        assert 1 <= len(widened) <= MAX_SWEEP_WIDENINGS, method
+        assert 1 <= len(widened) <= MAX_WIDENINGS, method
         ratio = grid[1] / grid[0]
         assert all(
             min(abs(math.log(lr / g) / math.log(ratio)) for g in tried if g != lr) == pytest.approx(1, abs=1e-2)
             for lr in widened
         )
-        assert tried[0] < chosen < tried[-1] or len(widened) == MAX_SWEEP_WIDENINGS, method
+        assert tried[0] < chosen < tried[-1] or len(widened) == MAX_WIDENINGS, method
     table = (tmp_path / "sweep.md").read_text().splitlines()
     learning_rates = sorted({r["learning_rate"] for r in runs})
     assert table[0] == "| method | " + " | ".join(f"LR {lr:g}" for lr in learning_rates) + " | chosen LR |"
@@ -190,6 +193,27 @@ def test_sweep_widens_upwards_and_stops_after_its_limit(tmp_path, monkeypatch):
     assert [lr for _, lr in trained] == [1e-3, 2e-3, 4e-3, 8e-3, 0.016]
     assert sweep["chosen_learning_rates"] == {"cosine": 0.016}
     assert "0.016 (grid edge)" in (tmp_path / "sweep.md").read_text()
+
+
+def test_committed_sweep_is_what_the_sweep_protocol_trains_at_the_demos_settings():
+    """docs/hf_demo/sweep.json: made with the demo's default settings, it holds exactly the runs the shared
+    sweep trains on its grid (every winner inside the grid, so nothing widened), and its chosen LRs are
+    the rule's and the demo's defaults."""
+    saved = json.loads((Path(__file__).resolve().parents[1] / "docs" / "hf_demo" / "sweep.json").read_text())
+    grid = [1e-4, 3e-4, 1e-3, 3e-3]
+    assert saved["settings"] == hf_demo._run_settings(vars(parse_args(["--sweep-lr", *map(str, grid)])))
+    losses = {(r["method"], r["learning_rate"]): r["eval_loss"] for r in saved["runs"]}
+    trained = []
+
+    def train(method: str, lr: float) -> sweep.SweepRecord:
+        trained.append((method, lr))
+        return sweep.SweepRecord(method, lr, losses[method, lr])
+
+    replayed = sweep.run_sweep(list(METHODS), grid, train, lambda method, lr: None)
+    assert trained == [(r["method"], r["learning_rate"]) for r in saved["runs"]]
+    chosen = sweep.best_learning_rates(replayed)
+    assert chosen == saved["chosen_learning_rates"] == hf_demo.choose_learning_rates(saved["runs"])
+    assert chosen == hf_demo.DEFAULT_LEARNING_RATES
 
 
 def test_dry_run_prints_the_plan_without_data(capsys):

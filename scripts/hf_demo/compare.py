@@ -25,9 +25,10 @@ last step on *validation* verses — a second held-out sample, disjoint from bot
 the *test* verses the demo reports on. Per method the LR with the lowest such loss wins (ties: the
 smaller LR; a run whose loss is not finite counts as the worst). A winner on the edge of its grid is not
 trusted: that method trains one grid step further out (the grid's ratio at that edge) until its winner is
-inside (at most ``MAX_SWEEP_WIDENINGS`` steps), as the translation demo's sweep does. A rerun into the same
-``--output-dir`` reuses the runs already in its ``sweep.json`` (same settings, method and LR), so a grid can
-be extended without retraining. The sweep writes ``sweep.md``, ``sweep.json`` and the chosen LRs, which
+inside (at most 3 steps). A rerun into the same ``--output-dir`` reuses the runs already in its
+``sweep.json`` (same settings, method and LR), so a grid can be extended without retraining; a
+``sweep.json`` of other settings is refused. The protocol is the translation demo's, from the same code
+(:mod:`scripts.common.sweep`). The sweep writes ``sweep.md``, ``sweep.json`` and the chosen LRs, which
 become :data:`DEFAULT_LEARNING_RATES`. The demo then runs every method at its
 chosen LR with seeds ``0..N-1`` and prints ``mean ± std`` over seeds (``--learning-rate X`` gives every
 method ``X`` instead). It writes ``table.txt``/``table.md``, ``results.json``, ``lr.png`` and ``eval.png``.
@@ -58,6 +59,7 @@ from transformers import (
 
 from knee_plugins.hf import KneeCallback
 from knee_plugins.schedule import KneeSchedule, resolve_steps
+from scripts.common import sweep
 from scripts.common.hf_data import (
     SECTION_NAMES,
     VerseClassification,
@@ -300,18 +302,15 @@ def format_table(results: Sequence[dict[str, Any]], methods: Sequence[str], *, m
     return "\n".join(lines)
 
 
-def _sweep_loss(record: dict[str, Any]) -> float:
-    loss = float(record["eval_loss"])
-    return loss if math.isfinite(loss) else math.inf
+def _sweep_record(record: dict[str, Any], settings: dict[str, Any] | None = None) -> sweep.SweepRecord:
+    return sweep.SweepRecord(
+        record["method"], float(record["learning_rate"]), float(record["eval_loss"]), settings, record
+    )
 
 
 def choose_learning_rates(records: Sequence[dict[str, Any]]) -> dict[str, float]:
-    """Per method, the swept LR whose run ended with the lowest validation loss (ties: the smaller LR)."""
-    chosen: dict[str, float] = {}
-    for method in dict.fromkeys(r["method"] for r in records):
-        runs = sorted((r for r in records if r["method"] == method), key=lambda r: r["learning_rate"])
-        chosen[method] = float(min(runs, key=_sweep_loss)["learning_rate"])
-    return chosen
+    """Per method, the swept LR whose run ended with the lowest validation loss (the sweep's rule)."""
+    return sweep.best_learning_rates(_sweep_record(r) for r in records)
 
 
 def format_sweep_table(records: Sequence[dict[str, Any]]) -> str:
@@ -330,7 +329,7 @@ def format_sweep_table(records: Sequence[dict[str, Any]]) -> str:
             cell = f"{run['eval_loss']:.4f} ({run['eval_accuracy']:.3f})"
             cells.append(f"**{cell}**" if lr == best else cell)
         tried = [r["learning_rate"] for r in records if r["method"] == method]
-        edge = " (grid edge)" if len(tried) > 1 and best in (min(tried), max(tried)) else ""
+        edge = " (grid edge)" if sweep.on_grid_edge(tried, best) else ""
         lines.append("| " + " | ".join((method, *cells, f"{best:g}{edge}")) + " |")
     return "\n".join(lines)
 
@@ -521,7 +520,6 @@ def load_data(args: argparse.Namespace) -> dict[str, Any]:
     return data
 
 
-MAX_SWEEP_WIDENINGS = 3
 # What makes two sweep runs of one method at one LR the same run (the grid, the methods and the seeds do not).
 RUN_SETTINGS = (
     "model",
@@ -541,83 +539,50 @@ def _run_settings(settings: dict[str, Any]) -> dict[str, Any]:
     return {name: settings.get(name) for name in RUN_SETTINGS}
 
 
-def previous_sweep_runs(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """The runs of an earlier sweep in ``args.output_dir`` (to reuse), or none; refuses one made with other settings."""
-    path = args.output_dir / "sweep.json"
-    if not path.exists():
-        return []
-    previous = json.loads(path.read_text(encoding="utf-8"))
-    theirs, ours = _run_settings(previous["settings"]), _run_settings(vars(args))
-    if theirs != ours:
-        changed = ", ".join(
-            f"{name} {theirs[name]!r} -> {ours[name]!r}" for name in RUN_SETTINGS if theirs[name] != ours[name]
-        )
-        raise SystemExit(
-            f"{path} holds a sweep made with other settings ({changed}): its runs cannot be compared with "
-            "this one's; pass another --output-dir (or move that sweep.json away)"
-        )
-    return list(previous["runs"])
-
-
-def wider_learning_rate(tried: Sequence[float], best: float) -> float | None:
-    """One grid step beyond ``best`` when it is on the edge of ``tried`` (the grid's ratio at that edge), else None."""
-    tried = sorted(tried)
-    if len(tried) < 2 or tried[0] < best < tried[-1]:
-        return None
-    if best == tried[0]:
-        return float(f"{best * tried[0] / tried[1]:.3g}")
-    return float(f"{best * tried[-1] / tried[-2]:.3g}")
-
-
 def run_sweep(args: argparse.Namespace, data: dict[str, Any]) -> dict[str, Any]:
-    """Every method at every swept LR (seed 0); a method whose winner is on the edge of its grid trains one
-    grid step further out (the grid's ratio at that edge) until the winner is inside (at most
-    ``MAX_SWEEP_WIDENINGS`` steps). Reuses the runs of an earlier sweep in ``--output-dir`` made with the same
-    settings and keeps its other methods' runs; writes ``sweep.json`` after every run, then ``sweep.md``."""
-    grid = learning_rates_of(args)
-    previous = previous_sweep_runs(args)
-    records = [r for r in previous if r["method"] not in args.methods]
-    done = {(r["method"], float(r["learning_rate"])): r for r in previous}
+    """Every method at every swept LR (seed 0), edge winners widened, runs of an earlier sweep in
+    ``--output-dir`` reused when they have this sweep's settings (:mod:`scripts.common.sweep`); writes
+    ``sweep.json`` after every run, then ``sweep.md``."""
     json_path = args.output_dir / "sweep.json"
+    settings = _run_settings(vars(args))
+    previous = json.loads(json_path.read_text(encoding="utf-8")) if json_path.exists() else None
 
-    def sweep_json() -> dict[str, Any]:
+    def sweep_json(records: list[sweep.SweepRecord]) -> dict[str, Any]:
+        runs = [record.data for record in records]
         return {
             "protocol": "per method, the peak LR whose seed-0 run has the lowest validation loss after the last "
             "step; a winner on the edge of its grid is widened by the grid's ratio at that edge",
-            "settings": _run_settings(vars(args)),
+            "settings": settings,
             "budget": asdict(args.budget),
-            "runs": records,
-            "chosen_learning_rates": choose_learning_rates(records),
+            "runs": runs,
+            "chosen_learning_rates": choose_learning_rates(runs),
         }
 
-    def train(method: str, lr: float, position: str) -> None:
-        if (method, lr) in done:
-            logger.info("sweep run %s: %s at peak LR %g already trained", position, method, lr)
-            records.append(done[(method, lr)])
-            return
-        logger.info("sweep run %s: %s at peak LR %g", position, method, lr)
+    def train(method: str, lr: float) -> sweep.SweepRecord:
         result = run_one(method, 0, lr, args, args.budget, data, "validation")
         keys = ("method", "learning_rate", "eval_loss", "eval_accuracy", "best_eval_accuracy", "wall_time_s", "steps")
-        records.append({key: result[key] for key in keys})
-        json_path.write_text(json.dumps(sweep_json(), indent=1) + "\n", encoding="utf-8")
+        return _sweep_record({key: result[key] for key in keys}, settings)
 
-    plan = [(method, lr) for method in args.methods for lr in grid[method]]
-    for index, (method, lr) in enumerate(plan, 1):
-        train(method, lr, f"{index}/{len(plan)}")
-    for method in args.methods:
-        for widening in range(1, MAX_SWEEP_WIDENINGS + 1):
-            runs = [r for r in records if r["method"] == method]
-            wider = wider_learning_rate([r["learning_rate"] for r in runs], choose_learning_rates(runs)[method])
-            if wider is None:
-                break
-            train(method, wider, f"widening {widening}")
-    sweep = sweep_json()
-    table = format_sweep_table(records)
+    def save(records: list[sweep.SweepRecord]) -> None:
+        json_path.write_text(json.dumps(sweep_json(records), indent=1) + "\n", encoding="utf-8")
+
+    records = sweep.run_sweep(
+        args.methods,
+        sorted(args.sweep_lr),
+        train,
+        lambda method, lr: settings,
+        previous=[_sweep_record(r, _run_settings(previous["settings"])) for r in previous["runs"]] if previous else [],
+        save=save,
+        where=str(json_path),
+        remedy="pass another --output-dir (or move that sweep.json away)",
+    )
+    result = sweep_json(records)
+    table = format_sweep_table(result["runs"])
     print(table)
-    print("DEFAULT_LEARNING_RATES = " + json.dumps(sweep["chosen_learning_rates"]))
+    print("DEFAULT_LEARNING_RATES = " + json.dumps(result["chosen_learning_rates"]))
     (args.output_dir / "sweep.md").write_text(table + "\n", encoding="utf-8")
-    json_path.write_text(json.dumps(sweep, indent=1) + "\n", encoding="utf-8")
-    return sweep
+    save(records)
+    return result
 
 
 def run_demo(args: argparse.Namespace, data: dict[str, Any]) -> list[dict[str, Any]]:

@@ -61,15 +61,19 @@ def test_iwslt14_reader_splits_like_fairseq(tmp_path):
     assert not any("<" in line for split in raw.values() for side in split for line in side)
 
 
-def test_wmt14_reader(tmp_path):
+def _wmt_sample(orig: Path) -> None:
     for corpus_name in prepare.WMT14_TRAIN_CORPORA:
         for lang, lines in (("en", ENGLISH), ("de", GERMAN)):
             _write(
-                tmp_path / "training" / f"{corpus_name}.{lang}",
+                orig / "training" / f"{corpus_name}.{lang}",
                 [f"{line} {i}" for i in range(40) for line in lines[:1]],
             )
     for name, lines in (("newstest2014-deen-src.en.sgm", ENGLISH), ("newstest2014-deen-ref.de.sgm", GERMAN)):
-        _write(tmp_path / "test-full" / name, [f'<seg id="{i}">{line}</seg>' for i, line in enumerate(lines, 1)])
+        _write(orig / "test-full" / name, [f'<seg id="{i}">{line}</seg>' for i, line in enumerate(lines, 1)])
+
+
+def test_wmt14_reader(tmp_path):
+    _wmt_sample(tmp_path)
     raw = prepare.read_wmt14(tmp_path)
     assert len(raw["train"][0]) == 120 - 1 and len(raw["valid"][0]) == 1
     assert raw["test"] == (ENGLISH, GERMAN)
@@ -102,3 +106,45 @@ def test_prepare_path_binarises_a_sample(tmp_path):
         for lang in ("de", "en"):
             assert (data_bin / f"{split}.de-en.{lang}.bin").stat().st_size > 0
     assert (data_bin / "dict.de.txt").exists() and (data_bin / "dict.en.txt").exists()
+
+
+def test_prepare_task_refuses_a_direction_the_corpus_does_not_hold(tmp_path):
+    spec = dataclasses.replace(prepare.DEMO_SPEC, source_lang="fr")
+    with pytest.raises(ValueError, match="spec translates fr→en, but demo holds de-en pairs"):
+        prepare.prepare_task("demo", spec, tmp_path, orig_dir=tmp_path)
+    with pytest.raises(ValueError, match="task must be one of"):
+        prepare.prepare_task("europarl", prepare.DEMO_SPEC, tmp_path, orig_dir=tmp_path)
+
+
+@pytest.mark.slow
+def test_preparation_reruns_after_a_half_written_data_bin(tmp_path):
+    """An interrupted preparation leaves a dictionary in data-bin (fairseq-preprocess writes it first) and
+    no raw test references; fairseq-preprocess refuses to overwrite a dictionary, so a rerun that did not
+    clear the half-written outputs would stop with FileExistsError."""
+    data_dir, spec = tmp_path / "prepared", dataclasses.replace(prepare.DEMO_SPEC, bpe_symbols=100)
+    limits = {"train_pairs": 200, "heldout_pairs": 12}
+    data_bin, references = prepare.prepare_task("demo", spec, data_dir, orig_dir=tmp_path / "orig", **limits)
+    (data_dir / "raw-test.en").unlink()
+    for name in ("train.de-en.de.bin", "train.de-en.de.idx"):
+        (data_bin / name).unlink()
+    assert (data_bin / "dict.de.txt").exists() and (data_dir / "prepared.json").exists()
+
+    again, references_again = prepare.prepare_task("demo", spec, data_dir, orig_dir=tmp_path / "orig", **limits)
+    assert again == data_bin and references_again == references and len(references) == 12
+    assert (data_bin / "train.de-en.de.bin").stat().st_size > 0 and (data_dir / "raw-test.en").exists()
+    stamped = (data_dir / "prepared.json").stat().st_mtime_ns
+    assert prepare.prepare_task("demo", spec, data_dir, orig_dir=tmp_path / "orig", **limits)[1] == references
+    assert (data_dir / "prepared.json").stat().st_mtime_ns == stamped  # prepared data is reused as it is
+
+
+@pytest.mark.slow
+def test_prepare_task_turns_wmt14_around_for_de_en(tmp_path, monkeypatch):
+    """MAT trains WMT'14 De→En from the En-De download: the same routine, the pairs turned around."""
+    _wmt_sample(tmp_path / "orig")
+    monkeypatch.setattr(prepare, "download_wmt14", lambda orig_dir: orig_dir)
+    spec = dataclasses.replace(prepare.WMT14_SPEC, source_lang="de", target_lang="en", bpe_symbols=30)
+    data_bin, references = prepare.prepare_task("wmt14", spec, tmp_path / "prepared", orig_dir=tmp_path / "orig")
+    assert references == ENGLISH
+    text = tmp_path / "prepared" / "text"
+    assert [line.replace("@@ ", "") for line in prepare.read_lines(text / "test.de")][0] == "Das ist ein kleines Haus ."
+    assert (data_bin / "test.de-en.de.bin").stat().st_size > 0 and (data_bin / "dict.en.txt").exists()
