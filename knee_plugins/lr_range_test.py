@@ -53,7 +53,10 @@ class LRRangeTestResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.diverged = bool(self.losses) and self.losses[-1] > self.diverge_threshold * min(self.losses)
+        finite = [loss for loss in self.losses if math.isfinite(loss)]
+        self.diverged = bool(self.losses) and (
+            not math.isfinite(self.losses[-1]) or self.losses[-1] > self.diverge_threshold * min(finite)
+        )
         self.suggestion = suggest_lr(self.lrs, self.losses, skip_start=self.skip_start, skip_end=self.skip_end)
         self.rule = SUGGESTION_RULE.format(skip_start=self.skip_start, skip_end=self.skip_end)
 
@@ -102,7 +105,7 @@ def suggest_lr(
         else (losses[i + 1] - losses[i - 1]) / 2
         for i in range(n)
     ]
-    return lrs[min(range(n), key=slopes.__getitem__)]
+    return lrs[min(range(n), key=lambda i: slopes[i] if math.isfinite(slopes[i]) else math.inf)]
 
 
 def plot_lr_range_test(result: LRRangeTestResult, path: str | Path) -> None:

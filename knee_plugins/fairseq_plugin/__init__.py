@@ -25,7 +25,7 @@ PACKAGE = "knee_plugins.fairseq_plugin"
 def register() -> dict[str, str]:
     """Register the plugin's components with fairseq and apply its patches; return the patches'
     status (:func:`.patches.status`). Idempotent."""
-    from . import knee_lr_scheduler, models, one_cycle_lr_scheduler, radam  # noqa: F401  (they register)
+    from . import knee_lr_scheduler, lr_range_test_lr_scheduler, models, one_cycle_lr_scheduler, radam  # noqa: F401
     from .patches import install
 
     return install()
