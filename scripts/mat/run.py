@@ -31,7 +31,7 @@ calibrated settings (:data:`scripts.common.fairseq_recipe.DEMO`: its 2-layer, 12
 1024 tokens per update, Adam (0.9, 0.98) at each schedule's swept peak LR, 2e-3 for Knee and
 inverse-sqrt, no dropout, warmup 6% of the budget, Knee exploring until its middle) for 800 updates
 per phase, with MAT's own no clipping, no weight decay, warmup from 1e-7 and, in phase 2, 3 branches
-with drop-branch 0.3: about 10 minutes on 2 CPU cores.
+with drop-branch 0.3: about 8 minutes on 2 CPU cores.
 ``--dry-run`` prints every command (phase 1, init, phase 2, generate) and exits. Multi-GPU: the
 tokens per update are kept whatever ``--world-size`` (per-GPU ``--max-tokens``/``--update-freq``);
 multi-node as for the translation recipes (see :mod:`scripts.translation.run`).
