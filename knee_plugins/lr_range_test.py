@@ -36,7 +36,10 @@ SUGGESTION_RULE = (
 
 @dataclass
 class LRRangeTestResult:
-    """The curve of an LR range test and its suggestion; ``to_dict`` gives the JSON record."""
+    """The curve of an LR range test and its suggestion; ``to_dict`` gives the JSON record.
+
+    ``min_loss_lr`` is the LR where the smoothed loss is lowest: a fact of the curve, not a suggestion
+    (fast.ai's older rule of thumb takes a tenth of it)."""
 
     lrs: list[float]
     losses: list[float]
@@ -50,6 +53,7 @@ class LRRangeTestResult:
     diverged: bool = False
     suggestion: float | None = None
     rule: str = ""
+    min_loss_lr: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -59,6 +63,8 @@ class LRRangeTestResult:
         )
         self.suggestion = suggest_lr(self.lrs, self.losses, skip_start=self.skip_start, skip_end=self.skip_end)
         self.rule = SUGGESTION_RULE.format(skip_start=self.skip_start, skip_end=self.skip_end)
+        if finite:
+            self.min_loss_lr = self.lrs[self.losses.index(min(finite))]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -326,6 +332,7 @@ def _parser() -> argparse.ArgumentParser:
         "--seed", type=int, default=0, help="seed of the model's dropout, the masking and the data order"
     )
     parser.add_argument("--output-dir", type=Path, required=True, help="where lr_range_test.json and .png go")
+    parser.add_argument("--dry-run", action="store_true", help="print the resolved settings as JSON and exit")
     return parser
 
 
@@ -336,6 +343,11 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("batch_size", "max_length", "num_iter"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if not 0 < args.start_lr < args.end_lr:
+        parser.error(f"need 0 < --start-lr < --end-lr, got {args.start_lr} and {args.end_lr}")
+    if args.dry_run:
+        sys.stdout.write(json.dumps({k: v if v is None else str(v) for k, v in vars(args).items()}) + "\n")
+        return 0
     import torch
     from accelerate import Accelerator
     from accelerate.utils import set_seed

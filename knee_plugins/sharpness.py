@@ -387,6 +387,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seed of the masking and of the random start in the box")
     parser.add_argument("--output", type=Path, help="also write the JSON record to this file")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--dry-run", action="store_true", help="print the resolved settings as JSON and exit")
     return parser
 
 
@@ -403,6 +404,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--fairseq-checkpoint needs --fairseq-data")
     if args.no_sharpness and args.no_eigenvalue:
         parser.error("--no-sharpness and --no-eigenvalue leave nothing to measure")
+    if args.dry_run:
+        sys.stdout.write(json.dumps({k: v if v is None else str(v) for k, v in vars(args).items()}) + "\n")
+        return 0
     torch.manual_seed(args.seed)
     model, batches, loss_fn = _hf_batches(args) if args.hf_model is not None else _fairseq_batches(args)
     result = measure_sharpness(

@@ -37,6 +37,7 @@ def test_suggestion_is_the_steepest_descent_after_the_skipped_ends():
         lrs=lrs, losses=losses, start_lr=1e-7, end_lr=1.0, num_iter=40, smoothing=0.05, diverge_threshold=5
     )
     assert "steepest" in result.rule and "first 10" in result.rule and "last 5" in result.rule
+    assert result.min_loss_lr == lrs[1]
 
 
 def regression_problem():
