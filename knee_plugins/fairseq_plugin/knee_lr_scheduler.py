@@ -14,7 +14,7 @@ decay's shape (``--decay-type linear|cosine|1-sqrt``).
 """
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import List, Optional
 
 from fairseq.dataclass import ChoiceEnum
@@ -73,6 +73,14 @@ class KneeLRScheduleConfig(EpochBudgetConfig):
         metadata={
             "help": "shape of the exploit phase: linear (the paper's), cosine, or 1-sqrt (the cooldown "
             "of WSD schedules); named as transformers' get_wsd_schedule names them"
+        },
+    )
+    anneal_on_budget_change: bool = field(
+        default=False,
+        metadata={
+            "help": "when a run restored from a checkpoint has a new budget (--max-update, --max-epoch, "
+            "explore option) and its decay had already begun: decay from the LR it had reached to the new "
+            "end instead of refusing the change (while it explores, a new budget needs no option)"
         },
     )
 
@@ -179,7 +187,45 @@ class KneeLRSchedule(EpochAwareLRScheduler):
             schedule.decay_steps,
             schedule.min_lr_ratio,
         )
-        return schedule
+        return self.resume(schedule)
+
+    def state_dict(self):
+        state = super().state_dict()
+        if self.schedule is not None:
+            state["knee_schedule"] = asdict(self.schedule)
+            state["num_updates"] = self.num_updates
+        return state
+
+    def load_state_dict(self, state_dict) -> None:
+        """Restore a checkpoint's scheduler state; its schedule is checked against this run's budget
+        (:meth:`knee_plugins.schedule.KneeSchedule.resumed`) before the next update."""
+        saved = state_dict.get("knee_schedule")
+        if saved is not None:
+            self.saved_schedule = (KneeSchedule(**saved), int(state_dict["num_updates"]))
+        built = self.schedule
+        super().load_state_dict(state_dict)
+        if saved is not None and built is not None and self.schedule is built:
+            self._build()
+
+    def resume(self, schedule: KneeSchedule) -> KneeSchedule:
+        """``schedule`` for a run restored from a checkpoint trained under another budget."""
+        saved, step = getattr(self, "saved_schedule", (None, 0))
+        if saved is None or saved == schedule:
+            return schedule
+        resumed = schedule.resumed(
+            saved,
+            step,
+            anneal=bool(self.cfg.anneal_on_budget_change),
+            anneal_option="--anneal-on-budget-change",
+            seed_lr=self.peak_lr,
+        )
+        logger.info(
+            "Knee schedule changed on resume at update %d: was [%s], now [%s]",
+            step,
+            saved.describe(),
+            resumed.describe(),
+        )
+        return resumed
 
     def lr_at(self, num_updates: int) -> float:
         factor = self.schedule.factor(num_updates)
