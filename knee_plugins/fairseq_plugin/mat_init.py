@@ -221,14 +221,16 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         help="check the options, print what would be written and exit without reading PHASE1",
     )
     args = parser.parse_args(argv)
-    args.encoder_branches = args.encoder_branches or args.branches
-    args.decoder_branches = args.decoder_branches or args.branches
-    if args.encoder_branches is None or args.decoder_branches is None:
-        parser.error("--branches (or both --encoder-branches and --decoder-branches) is required")
-    for name in ("encoder_branches", "decoder_branches", "ffn_branches"):
+    for name in ("branches", "encoder_branches", "decoder_branches", "ffn_branches"):
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if args.encoder_branches is None:
+        args.encoder_branches = args.branches
+    if args.decoder_branches is None:
+        args.decoder_branches = args.branches
+    if args.encoder_branches is None or args.decoder_branches is None:
+        parser.error("--branches (or both --encoder-branches and --decoder-branches) is required")
     if args.branch_dropout is not None and not 0.0 <= args.branch_dropout < 1.0:
         parser.error(f"--branch-dropout must lie in [0, 1), got {args.branch_dropout:g}")
     if args.phase1.resolve() == args.phase2.resolve():

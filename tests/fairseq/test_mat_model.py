@@ -322,3 +322,22 @@ def test_bad_branch_options_name_the_option(dictionary):
         mat_init.proximal_init(
             {"model": {}, "cfg": {"model": {"arch": "transformer_mb"}}}, encoder_branches=0, decoder_branches=2
         )
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--branches", "3", "--encoder-branches", "0"], "--encoder-branches must be >= 1, got 0"),
+        (["--branches", "0"], "--branches must be >= 1, got 0"),
+        (["--branches", "3", "--decoder-branches", "0"], "--decoder-branches must be >= 1, got 0"),
+    ],
+)
+def test_mat_init_refuses_zero_branches_instead_of_falling_back_to_branches(argv, message, capsys, tmp_path):
+    with pytest.raises(SystemExit):
+        mat_init.parse_args([str(tmp_path / "a.pt"), str(tmp_path / "b.pt"), *argv, "--dry-run"])
+    assert message in capsys.readouterr().err
+
+
+def test_mat_init_takes_each_side_from_its_own_option_else_from_branches(tmp_path):
+    args = mat_init.parse_args(["a.pt", "b.pt", "--branches", "3", "--encoder-branches", "2", "--dry-run"])
+    assert (args.encoder_branches, args.decoder_branches) == (2, 3)
