@@ -20,13 +20,16 @@ from pathlib import Path
 
 BIN = Path(sys.executable).parent
 
-# A 1-layer, 16-wide Transformer trained on CPU with one json log record per update.
-TINY_MODEL = [
-    "--task", "translation", "--arch", "transformer",
+# The dimensions of a 1-layer, 16-wide Transformer.
+TINY_TRANSFORMER = [
     "--encoder-layers", "1", "--decoder-layers", "1",
     "--encoder-embed-dim", "16", "--decoder-embed-dim", "16",
     "--encoder-ffn-embed-dim", "32", "--decoder-ffn-embed-dim", "32",
     "--encoder-attention-heads", "2", "--decoder-attention-heads", "2",
+]  # fmt: skip
+# That Transformer trained on CPU with one json log record per update.
+TINY_MODEL = [
+    "--task", "translation", "--arch", "transformer", *TINY_TRANSFORMER,
     "--share-all-embeddings", "--dropout", "0.1",
     "--optimizer", "adam", "--lr", "1e-3",
     "--max-tokens", "300", "--cpu", "--seed", "1", "--num-workers", "0",

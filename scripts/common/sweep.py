@@ -15,6 +15,7 @@ protocol, one widening rule, one rule for what is already trained. Imports no ta
 
 from __future__ import annotations
 
+import argparse
 import logging
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -24,6 +25,11 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 MAX_WIDENINGS = 3
+
+
+def add_argument(parser: argparse.ArgumentParser, help: str) -> None:
+    """Add ``--sweep-lr LR [LR ...]`` (the grid; default None: no sweep) to ``parser``."""
+    parser.add_argument("--sweep-lr", type=float, nargs="+", default=None, metavar="LR", help=help)
 
 
 @dataclass

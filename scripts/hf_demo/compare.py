@@ -395,13 +395,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=None,
         help="peak LR for every method (default: each method's swept LR, DEFAULT_LEARNING_RATES)",
     )
-    parser.add_argument(
-        "--sweep-lr",
-        type=float,
-        nargs="+",
-        default=None,
-        metavar="LR",
-        help="run every method at each of these peak LRs (seed 0), pick per method the lowest validation loss "
+    sweep.add_argument(
+        parser,
+        "run every method at each of these peak LRs (seed 0), pick per method the lowest validation loss "
         "after the last step, write sweep.md/sweep.json, and stop",
     )
     parser.add_argument(

@@ -173,13 +173,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="peak LR of every selected schedule (default: the recipe's; for the demo each schedule's "
         "own, from its LR sweep)",
     )
-    parser.add_argument(
-        "--sweep-lr",
-        type=float,
-        nargs="+",
-        default=None,
-        metavar="LR",
-        help="instead of the comparison: train every selected schedule (knee at the full budget) at each of "
+    sweep.add_argument(
+        parser,
+        "instead of the comparison: train every selected schedule (knee at the full budget) at each of "
         "these peak LRs with seed 1, print and write the table of best valid losses and each schedule's best LR "
         "(<work-dir>/sweep/sweep.{md,json}); finished runs are reused",
     )

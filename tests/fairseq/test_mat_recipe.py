@@ -4,6 +4,7 @@ run through the real fairseq-train (knee), knee-mat-init and fairseq-generate.""
 from __future__ import annotations
 
 import ast
+import dataclasses
 import shlex
 import subprocess
 
@@ -14,7 +15,8 @@ from knee_fairseq_helpers import clean_env, logged_lrs
 
 from knee_plugins.fairseq_plugin import mat_init
 from scripts.common import prepare
-from scripts.common.fairseq_recipe import DEMO, TaskRecipe, plan_batches
+from scripts.common.fairseq_cli import TINY_TRANSFORMER
+from scripts.common.fairseq_recipe import DEMO, plan_batches
 from scripts.mat import run as mat
 
 PAPER = {  # task -> (arch, epochs per phase, explore until, phase-2 branches, rho, beam, lenpen, tokens/update)
@@ -135,46 +137,24 @@ def test_two_phases_init_and_generate(data_bin, tmp_path):
     """Phase 1 (1 branch) and phase 2 (3 branches, drop-branch) through fairseq-train with
     ``--lr-scheduler knee`` over 2 epochs each, knee-mat-init in between, then fairseq-generate
     on the phase-2 best checkpoint with torch's default weights_only loading."""
-    task = TaskRecipe(
+    paper = mat.paper_task(
         "tiny",
         prepare.DEMO_SPEC,
-        arch="transformer_mb",
-        dropout=0.1,
+        "transformer_mb",
         tokens_per_update=300,
+        epochs=2,
+        explore_epochs=1,
+        beam=5,
+        lenpen=1.2,
+    )
+    task = dataclasses.replace(
+        paper,
         max_tokens_per_gpu=300,
-        budget={"full": 2},
-        explore={"full": 1},
         lr=1e-3,
-        optimizer="adam",
-        betas=(0.9, 0.98),
-        clip_norm=0.0,
-        weight_decay=0.0,
-        model_args=(
-            "--encoder-layers",
-            "1",
-            "--decoder-layers",
-            "1",
-            "--encoder-embed-dim",
-            "16",
-            "--decoder-embed-dim",
-            "16",
-            "--encoder-ffn-embed-dim",
-            "32",
-            "--decoder-ffn-embed-dim",
-            "32",
-            "--encoder-attention-heads",
-            "2",
-            "--decoder-attention-heads",
-            "2",
-            "--encoder-pffn-branches",
-            "1",
-            "--decoder-pffn-branches",
-            "1",
-            "--join-pffn",
-            "--share-all-embeddings",
-        ),
+        dropout=0.1,
+        model_args=(*TINY_TRANSFORMER, *mat.ONE_JOINED_FFN, "--share-all-embeddings"),
         extra_args=("--no-epoch-checkpoints", "--num-workers", "0", "--log-interval", "1"),
-        generate_args=("--lenpen", "1.2", "--max-len-b", "12"),
+        generate_args=(*paper.generate_args, "--max-len-b", "12"),
     )
     recipe = mat.MatRecipe(task, branches=3, branch_dropout=0.3, warmup_updates=3)
     run = mat.MatRun(recipe, "knee", 1, data_bin, tmp_path, plan_batches(300, 300, 1), cpu=True)
