@@ -2,9 +2,10 @@
 cleaning, joint BPE (subword-nmt) and binarisation (``fairseq-preprocess``).
 
 This is the path of fairseq's ``examples/translation/prepare-iwslt14.sh`` and
-``prepare-wmt14en2de.sh`` in Python, used unchanged by the IWSLT'14, WMT'14 and demo recipes;
+``prepare-wmt14en2de.sh`` in Python, used unchanged by the IWSLT'14, WMT'14, demo and MAT recipes;
 only the raw readers (:func:`read_iwslt14`, :func:`read_wmt14`, :func:`read_embedded_corpus`)
-and the :class:`PreparationSpec` differ.
+and the :class:`PreparationSpec` differ. :func:`prepare_task` is the one routine the recipes call:
+a task's data in either direction, prepared once.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ prepares the data if needed, prints the exact ``fairseq-train`` command and runs
 the best-valid checkpoint on test with sacrebleu. ``--dry-run`` only prints. ``--task demo`` is
 the same path on the embedded gettext corpus with a small Transformer, several schedules side by
 side, a table and PNG plots (see :mod:`scripts.common.report`; ``python -m scripts.translation.report
-WORK_DIR`` redraws them). The runs go through the shared runner (:mod:`scripts.common.runner`) and the LR
+WORK_DIR`` redraws them). The runs go through the shared runner (:mod:`scripts.common.runner`), the LR
 sweep through the shared sweep (:mod:`scripts.common.sweep`).
 
 Defaults are the paper's (docs/paper.md): RAdam (0.9, 0.999), seed LR 3e-4, no warmup,
@@ -15,17 +15,18 @@ update, 50/35 epochs with explore 40/30; WMT'14 dropout 0.1, ~30k tokens per upd
 epochs with explore 50/25. The tokens per update are kept whatever the number of GPUs: the
 per-GPU ``--max-tokens`` and ``--update-freq`` are derived from ``--world-size``.
 
-The demo (its settings are :data:`scripts.common.fairseq_recipe.DEMO`, which the MAT demo builds on
-and the budget benchmark trains at other budgets) trains a 2-layer, 128-wide Transformer (1024 tokens per update, Adam (0.9, 0.98), a 2k joint
+The demo trains a 2-layer, 128-wide Transformer (1024 tokens per update, Adam (0.9, 0.98), a 2k joint
 BPE, no dropout: its budget is ~1.4 epochs of the corpus) for 1200 updates, validating every 100, with
 the same warmup (6% of the budget, 72 updates) for every schedule but one-cycle (whose rise is its own):
 Knee (explore until 50% of the budget), linear, cosine, inverse-sqrt, one-cycle, WSD (Knee's core with
 a 1-sqrt cooldown over the last 20%) and Knee at 65% of the budget. Each schedule trains at its own
-peak LR (``DEMO_PEAK_LR``), chosen by ``--sweep-lr``: every schedule at every LR of one grid, seed 1,
-the lowest best valid loss at the demo's budget wins (Knee's short budget uses Knee's). The sweep's
-chosen runs are the demo's seed-1 runs (reused, not retrained). On 2 idle CPU cores a run trains in
-~1.5–2 minutes (~11 updates/s) and each test evaluation (1,943 sentences, beam 4) takes ~12 s. The
-prepared data is cached in ``<work-dir>/prepared`` and reused while the corpus selection is unchanged.
+peak LR, chosen by ``--sweep-lr``: every schedule at every LR of one grid, seed 1, the lowest best
+valid loss at the demo's budget wins (Knee's short budget uses Knee's). The sweep's chosen runs are
+the demo's seed-1 runs (reused, not retrained). These settings and the chosen LRs are
+:data:`scripts.common.fairseq_recipe.DEMO` and ``DEMO_PEAK_LR``, which the MAT demo builds on and the
+budget benchmark trains at other budgets. On 2 idle CPU cores a run trains in ~1.5–2 minutes (~11
+updates/s) and each test evaluation (1,943 sentences, beam 4) takes ~12 s. The prepared data is cached
+in ``<work-dir>/prepared`` and reused while the corpus selection is unchanged.
 
 Multi-node: compute the command for the whole world size and start it on every node, e.g. for
 2 nodes of 8 GPUs ``--world-size 16 --dry-run``, then on each node
