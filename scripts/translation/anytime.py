@@ -417,42 +417,57 @@ def records(results: Sequence[RunResult]) -> list[dict[str, Any]]:
 
 
 def write_family_plot(results: Sequence[RunResult], plan: AnytimePlan, path: Path, seed: int = 1) -> Path:
-    """LR (top) and valid loss (bottom) against updates for one seed: the parent, each branch, each
-    separate run and each average."""
+    """LR (top) and valid loss (bottom) against updates for one seed: the parent, each branch (drawn from
+    its branch point), each separate run and each average; colour: budget, line style: method."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
     mine = [r for r in results if r.seed == seed]
+    parent = next((r for r in mine if r.label == PARENT), None)
     fig, (lr_ax, loss_ax) = plt.subplots(2, 1, figsize=(9, 7), sharex=True)
     colours = {b: f"C{i}" for i, b in enumerate(plan.budgets)}
-    styles = {SEPARATE: ":", branch_method("linear"): "-", branch_method("1-sqrt"): "--"}
+    styles = {SEPARATE: ":", **{branch_method(t): ("-" if t == "linear" else "--") for t in DECAY_TYPES}}
+    finished: list[float] = []
     for result in mine:
         method, budget = split_label(result.label)
+        lr_curve, valid_curve = list(result.lr_curve), list(result.valid_curve)
         if method == PARENT:
-            kwargs: dict[str, Any] = {"color": "black", "linewidth": 2.0, "label": "parent (explore)"}
+            kwargs: dict[str, Any] = {"color": "black", "linewidth": 2.0}
         elif method in styles and budget is not None:
-            kwargs = {"color": colours[budget], "linestyle": styles[method], "label": f"{method} @ {budget}"}
+            kwargs = {"color": colours[budget], "linestyle": styles[method]}
+            point = plan.branch_point(budget)
+            if method != SEPARATE and parent is not None:
+                lr_curve = [(point, plan.lr), *lr_curve]
+                valid_curve = [p for p in parent.valid_curve if p[0] == point] + valid_curve
+            finished.append(result.valid_curve[-1][1])
         elif method.startswith("average") and budget is not None:
-            loss_ax.plot(*zip(*result.valid_curve, strict=True), marker="x", markersize=9, linestyle="none",
-                         color=colours[budget], label=f"{method} @ {budget}")  # fmt: skip
+            loss_ax.plot(*zip(*valid_curve, strict=True), marker="x", markersize=9, linestyle="none",
+                         color=colours[budget])  # fmt: skip
+            finished.append(valid_curve[-1][1])
             continue
         else:
             continue
-        if result.lr_curve:
-            lr_ax.plot(*zip(*result.lr_curve, strict=True), **kwargs)
-        loss_ax.plot(*zip(*result.valid_curve, strict=True), marker=".", **kwargs)
+        if lr_curve:
+            lr_ax.plot(*zip(*lr_curve, strict=True), **kwargs)
+        loss_ax.plot(*zip(*valid_curve, strict=True), marker=".", **kwargs)
+    handles = [Line2D([], [], color="black", linewidth=2.0, label="parent (explore)")]
+    handles += [Line2D([], [], color="grey", linestyle=style, label=method) for method, style in styles.items()
+                if method == SEPARATE or method.split()[1] in plan.decay_types]  # fmt: skip
+    if plan.average_last:
+        handles.append(
+            Line2D([], [], color="grey", marker="x", linestyle="none", label=average_method(plan.average_last))
+        )
+    handles += [Line2D([], [], color=colour, linewidth=4, label=f"budget {b}") for b, colour in colours.items()]
     lr_ax.set_ylabel("learning rate")
     lr_ax.set_title(f"Anytime Knee on the demo corpus (seed {seed}): one explore run, decays branched off it")
     loss_ax.set_ylabel("valid loss")
     loss_ax.set_xlabel("updates")
-    parent_losses = [loss for r in mine if r.label == PARENT for _, loss in r.valid_curve]
-    floor = min(loss for r in mine for _, loss in r.valid_curve)
-    if parent_losses:
-        loss_ax.set_ylim(floor - 0.1, sorted(parent_losses)[len(parent_losses) // 3] + 0.2)
-    loss_ax.legend(fontsize=7, ncol=2)
-    lr_ax.legend(fontsize=7, ncol=2)
+    if finished:
+        loss_ax.set_ylim(min(finished) - 0.1, max(finished) + 0.5)
+    loss_ax.legend(handles=handles, fontsize=8, ncol=2, loc="upper right")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
