@@ -429,7 +429,10 @@ def write_family_plot(results: Sequence[RunResult], plan: AnytimePlan, path: Pat
     parent = next((r for r in mine if r.label == PARENT), None)
     fig, (lr_ax, loss_ax) = plt.subplots(2, 1, figsize=(9, 7), sharex=True)
     colours = {b: f"C{i}" for i, b in enumerate(plan.budgets)}
-    styles = {SEPARATE: ":", **{branch_method(t): ("-" if t == "linear" else "--") for t in DECAY_TYPES}}
+    styles: dict[str, Any] = {
+        SEPARATE: ":",
+        **{branch_method(t): ("-" if t == "linear" else "--") for t in DECAY_TYPES},
+    }
     finished: list[float] = []
     for result in mine:
         method, budget = split_label(result.label)
