@@ -269,19 +269,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def runner_options(args: argparse.Namespace) -> RunnerOptions:
-    """The translation runner's options of every run: the demo, on the benchmark's corpus and devices."""
-    return RunnerOptions(
-        "demo",
-        work_dir=args.work_dir,
-        world_size=args.world_size,
-        train_pairs=args.train_pairs,
-        heldout_pairs=args.heldout_pairs,
-        bpe_symbols=args.bpe_symbols,
-        cpu=args.cpu,
-        dry_run=args.dry_run,
-        skip_generate=args.skip_generate,
-        fairseq_args=args.fairseq_args,
-    )
+    """The translation runner's options of every run: the demo, on the benchmark's corpus and devices (the
+    benchmark's --max-updates and --seeds are its own: each run sets its budget and seed itself)."""
+    return RunnerOptions.from_args(args, task="demo", max_updates=None, seeds=1)
 
 
 def demo_recipe(args: argparse.Namespace) -> TaskRecipe:

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
@@ -52,9 +53,11 @@ class RunnerOptions:
     fairseq_args: str = ""
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace) -> RunnerOptions:
-        """The options in ``args`` (a namespace from a parser :func:`add_arguments` filled)."""
-        return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
+    def from_args(cls, args: argparse.Namespace, **overrides: Any) -> RunnerOptions:
+        """The options ``args`` holds (a namespace from a parser :func:`add_arguments` filled, or any with
+        some of the options), then ``overrides``; the others keep their defaults."""
+        given = {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}
+        return cls(**{**given, **overrides})
 
     def check(self) -> None:
         """ValueError naming the option when a value is out of range or does not apply to the task."""
