@@ -159,11 +159,20 @@ def parse_args(argv=None):
         default=50,
         help="validation batches per process scored at the end of each phase (0: none)",
     )
+    run.add_argument(
+        "--eval-steps",
+        type=int,
+        default=0,
+        help="also score the validation MLM/NSP every N optimizer steps of a phase, into eval.jsonl (0: only at "
+        "the end of each phase)",
+    )
     run.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
     run.add_argument(
         "--dry-run", action="store_true", help="print the resolved plan and exit (no data, model or device needed)"
     )
     args = parser.parse_args(argv)
+    if args.eval_steps < 0:
+        parser.error(f"--eval-steps must be >= 0 (0: only at the end of each phase), got {args.eval_steps}")
     for name in ("checkpointing_steps", "save_total_limit", "logging_steps"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
@@ -367,6 +376,7 @@ class PhaseTrainer:
         self.accelerator, self.args, self.tokenizer, self.config = accelerator, args, tokenizer, config
         self.output_dir, self.stop = output_dir, stop
         self.metrics_path = output_dir / "metrics.jsonl"
+        self.eval_path = output_dir / "eval.jsonl"
 
     def run(self, plan, init, step_offset):
         import torch
@@ -462,7 +472,8 @@ class PhaseTrainer:
             completed = int(saved[-1].name.split("_")[1])
             logger.info("phase %d resumes at optimizer step %d from %s", plan.phase, completed, saved[-1])
         if accelerator.is_main_process:
-            self._truncate_metrics(plan.phase, completed)
+            for path in (self.metrics_path, self.eval_path):
+                self._truncate_metrics(path, plan.phase, completed)
         accelerator.wait_for_everyone()
 
         epoch, skip = divmod(completed * plan.gradient_accumulation_steps, batches_per_epoch)
@@ -473,7 +484,7 @@ class PhaseTrainer:
             disable=not accelerator.is_local_main_process,
         )
         step_rng, step_micro_batches = capture_rng(), accelerator.step
-        window, window_steps = torch.zeros(2, device=accelerator.device), 0
+        window, window_steps = torch.zeros(3, device=accelerator.device), 0
         step_losses = torch.zeros(2, device=accelerator.device)
         step_sequences = torch.zeros((), dtype=torch.long, device=accelerator.device)
         start_time, start_step = time.perf_counter(), completed
@@ -487,6 +498,9 @@ class PhaseTrainer:
                     mlm_loss, nsp_loss = losses["mlm_loss"], losses["nsp_loss"]
                     accelerator.backward(mlm_loss + nsp_loss)
                     learning_rate = scheduler.get_last_lr()[0]
+                    if accelerator.sync_gradients:
+                        # The global norm LAMB pre-normalises by (max_norm inf: the gradients are left as they are).
+                        grad_norm = accelerator.clip_grad_norm_(model.parameters(), float("inf"))
                     optimizer.step()
                     if accelerator.sync_gradients and not accelerator.optimizer_step_was_skipped:
                         scheduler.step()
@@ -504,13 +518,14 @@ class PhaseTrainer:
                 completed += 1
                 step_rng, step_micro_batches = capture_rng(), accelerator.step
                 progress.update(1)
-                window += accelerator.reduce(step_losses, reduction="mean")
+                window[:2] += accelerator.reduce(step_losses, reduction="mean")
+                window[2] += grad_norm.detach().float()
                 window_steps += 1
                 sequences = int(accelerator.reduce(step_sequences, reduction="sum"))
                 step_losses.zero_()
                 step_sequences.zero_()
                 if completed % args.logging_steps == 0 or completed == plan.steps:
-                    mlm, nsp = (window / window_steps).tolist()
+                    mlm, nsp, mean_grad_norm = (window / window_steps).tolist()
                     record = {
                         "phase": plan.phase,
                         "step": completed,
@@ -518,6 +533,8 @@ class PhaseTrainer:
                         "lr": learning_rate,
                         "mlm_loss": mlm,
                         "nsp_loss": nsp,
+                        "grad_norm": mean_grad_norm,
+                        "loss_scale": accelerator.scaler.get_scale() if accelerator.scaler is not None else None,
                         "global_batch": sequences,
                     }
                     progress.set_postfix(mlm=f"{mlm:.3f}", nsp=f"{nsp:.3f}", lr=f"{learning_rate:.3g}")
@@ -530,6 +547,19 @@ class PhaseTrainer:
                             handle.write(json.dumps(record) + "\n")
                     window.zero_()
                     window_steps = 0
+                if (
+                    args.eval_steps
+                    and completed % args.eval_steps == 0
+                    and completed < plan.steps
+                    and eval_dataloader is not None
+                ):
+                    evaluation = self._evaluate(model, eval_dataloader)
+                    if evaluation is None:
+                        return self._stop(checkpoint_dir, plan.phase, completed, progress, "during an evaluation")
+                    if accelerator.is_main_process and evaluation:
+                        with self.eval_path.open("a", encoding="utf-8") as handle:
+                            handle.write(json.dumps({"phase": plan.phase, "step": completed, **evaluation}) + "\n")
+                    accelerator.log(evaluation, step=step_offset + completed)
                 if self._stop_requested():
                     return self._stop(checkpoint_dir, plan.phase, completed, progress, "at a step boundary")
                 if completed % args.checkpointing_steps == 0 and completed < plan.steps:
@@ -631,18 +661,18 @@ class PhaseTrainer:
                 shutil.rmtree(old, ignore_errors=True)
         accelerator.wait_for_everyone()
 
-    def _truncate_metrics(self, phase, completed):
+    def _truncate_metrics(self, path, phase, completed):
         """Drop log records past the resumed state (written after the last save, before the kill)."""
-        if not self.metrics_path.is_file():
+        if not path.is_file():
             return
         kept = []
-        for line in self.metrics_path.read_text().splitlines():
+        for line in path.read_text().splitlines():
             if not line.strip():
                 continue
             record = json.loads(line)
             if record["phase"] < phase or (record["phase"] == phase and record["step"] <= completed):
                 kept.append(line)
-        write_atomically(self.metrics_path, "".join(f"{line}\n" for line in kept))
+        write_atomically(path, "".join(f"{line}\n" for line in kept))
 
 
 if __name__ == "__main__":

@@ -631,3 +631,16 @@ def test_squad_fine_tunes_from_what_pretraining_writes(reference, tmp_path):
     assert f"-m scripts.squad.finetune --model runs/knee-short/{pretrained.relative_to(reference[0])} " in documented
     final = results["final"]
     assert 0 <= final["exact_match"] <= final["f1"] <= 100 and final["num_examples"] > 0
+
+
+@pytest.mark.slow
+def test_gradient_norm_every_step_and_validation_every_eval_steps_leave_training_unchanged(
+    reference, data_dir, tmp_path
+):
+    run(command(data_dir, tmp_path, 1, "--eval-steps", "4"))
+    records = metrics(tmp_path)
+    assert records == metrics(reference[0])  # scoring the validation set mid-phase changes no step
+    assert all(r["grad_norm"] > 0 and r["loss_scale"] is None for r in records)  # fp32 here: no loss scale
+    evaluations = [json.loads(line) for line in (tmp_path / "eval.jsonl").read_text().splitlines()]
+    assert [(e["phase"], e["step"]) for e in evaluations] == [(1, 4), (2, 4)]
+    assert all(math.isfinite(e["eval_mlm_loss"]) and 0 <= e["eval_nsp_accuracy"] <= 1 for e in evaluations)
