@@ -397,22 +397,6 @@ class KneeSchedule:
             text += f", annealed from {self.anneal_factor:.4g} x the seed LR at update {self.anneal_start}"
         return text
 
-    def branch(self, at_step: int, decay_steps: int, decay_type: str | None = None) -> KneeSchedule:
-        """Decay now: the schedule that explores until ``at_step`` and then decays over ``decay_steps``
-        (to the same floor), i.e. a fresh Knee run whose explore ends at ``at_step`` and whose budget is
-        ``at_step + decay_steps``. Resuming a run at ``at_step`` under it is exact while the run is exploring."""
-        at_step = _check_step_count(at_step, "at_step")
-        decay_steps = _check_step_count(decay_steps, "decay_steps", allow_zero=False)
-        if at_step < self.warmup_steps:
-            raise ValueError(f"at_step ({at_step}) is inside the warmup ({self.warmup_steps} updates): branch after it")
-        return KneeSchedule(
-            at_step + decay_steps,
-            self.warmup_steps,
-            at_step - self.warmup_steps,
-            self.min_lr_ratio,
-            decay_type or self.decay_type,
-        )
-
     def resumed(
         self,
         saved: KneeSchedule,
@@ -441,8 +425,9 @@ class KneeSchedule:
                     f"cannot anneal from update {step}: the new budget ({self.total_steps} updates) ends before it"
                 )
             return replace(self, anneal_start=step, anneal_factor=reached)
-        if saved.anneal_start is not None or step > saved.decay_start:
-            why = f"its decay began at update {min(saved.decay_start, saved.anneal_start or saved.decay_start)}"
+        decay_began = saved.decay_start if saved.anneal_start is None else min(saved.decay_start, saved.anneal_start)
+        if step > decay_began:
+            why = f"its decay began at update {decay_began}"
         else:
             why = f"the new budget's decay would have begun at update {self.decay_start}, before it"
         lr = f" ({reached * seed_lr:.4g})" if seed_lr is not None else ""

@@ -53,13 +53,12 @@ def test_anneal_decays_from_the_reached_lr_to_the_floor_at_the_new_end():
     assert all(a >= b for a, b in zip(factors, factors[1:], strict=False))
 
 
-def test_branch_is_a_fresh_knee_schedule_whose_explore_ends_at_the_branch():
+def test_a_branch_is_accepted_where_the_parent_explored_and_refused_inside_its_decay():
     parent = KneeSchedule(10_000, warmup_steps=50, explore_steps=9_950)
-    branch = parent.branch(400, 200, decay_type="1-sqrt")
-    assert branch == KneeSchedule(600, 50, 350, decay_type="1-sqrt")
+    branch = KneeSchedule(600, 50, 350, decay_type="1-sqrt")  # explore until 400, decay over 200 updates
     assert branch.resumed(parent, 400) == branch
-    with pytest.raises(ValueError, match="inside the warmup"):
-        parent.branch(20, 100)
+    with pytest.raises(BudgetChangeError, match="the new budget's decay would have begun at update 400"):
+        branch.resumed(parent, 450)
 
 
 # --- KneeLR, a plain torch loop --------------------------------------------------------------
