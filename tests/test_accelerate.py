@@ -5,6 +5,7 @@ import subprocess
 
 import pytest
 from accelerate_launch import CPU_ENV, accelerate_launcher
+from tiny_bert import save_tiny_bert
 
 from knee_plugins import KneeSchedule
 
@@ -16,25 +17,10 @@ LEARNING_RATE = 1e-3
 
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory):
-    """A 1-layer BERT with the real MiniLM tokenizer: fast enough for multi-process runs on 2 cores."""
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+    """A 1-layer BERT classifier with the real MiniLM tokenizer: fast enough for multi-process runs on 2 cores."""
+    from transformers import BertForSequenceClassification
 
-    from scripts.common.hf_data import minilm_model_dir
-
-    path = tmp_path_factory.mktemp("tiny-bert")
-    tokenizer = AutoTokenizer.from_pretrained(minilm_model_dir())
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=64,
-        num_labels=6,
-    )
-    BertForSequenceClassification(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"), BertForSequenceClassification, num_labels=6)
 
 
 def launch(tmp_path, model_dir, num_processes, *extra):

@@ -7,6 +7,7 @@ import subprocess
 
 import pytest
 import torch
+from tiny_bert import save_tiny_bert
 from torch import nn
 
 from knee_plugins.lr_range_test import (
@@ -98,25 +99,10 @@ def test_range_test_rejects_bad_arguments():
 
 @pytest.fixture(scope="module")
 def tiny_mlm_dir(tmp_path_factory):
-    """A 1-layer BERT masked LM with the real MiniLM tokenizer (the pattern of tests/test_accelerate.py)."""
-    from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
+    """A 1-layer BERT masked LM with the real MiniLM tokenizer."""
+    from transformers import BertForMaskedLM
 
-    from scripts.common.hf_data import minilm_model_dir
-
-    path = tmp_path_factory.mktemp("tiny-bert-mlm")
-    tokenizer = AutoTokenizer.from_pretrained(minilm_model_dir())
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=64,
-    )
-    BertForMaskedLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert-mlm"), BertForMaskedLM)
 
 
 @pytest.fixture(scope="module")

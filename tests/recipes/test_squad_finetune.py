@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from accelerate_launch import CPU_ENV, accelerate_launcher
 from squad_fixtures import write_squad_files
+from tiny_bert import save_tiny_bert
 
 from knee_plugins import KneeSchedule
 
@@ -45,24 +46,10 @@ SHORT = ("--max-train-steps", "6", "--explore", "0.5")
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """A 1-layer BERT QA model with the real MiniLM tokenizer, and SQuAD-format train/dev files."""
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertForQuestionAnswering
-
-    from scripts.common.hf_data import minilm_model_dir
+    from transformers import BertForQuestionAnswering
 
     root = tmp_path_factory.mktemp("squad-e2e")
-    tokenizer = AutoTokenizer.from_pretrained(minilm_model_dir())
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=64,
-    )
-    BertForQuestionAnswering(config).save_pretrained(root / "model")
-    tokenizer.save_pretrained(root / "model")
+    save_tiny_bert(root / "model", BertForQuestionAnswering)
     train, dev = write_squad_files(root / "data")
     return {
         "root": root,
