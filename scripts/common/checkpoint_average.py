@@ -7,7 +7,6 @@ checkpoint's model tensors, so ``fairseq-generate`` and ``fairseq-validate`` loa
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,10 +15,15 @@ import torch
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """A fairseq checkpoint on CPU, loaded as weights and plain data (fairseq 0.12 saves its config as
-    dicts and its legacy ``args`` as an ``argparse.Namespace``)."""
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        return torch.load(path, map_location="cpu", weights_only=True)
+    """A fairseq checkpoint on CPU, loaded with ``weights_only=True`` as fairseq-generate loads it: the
+    plugin allow-lists the types fairseq stores (its legacy ``args`` is an ``argparse.Namespace``).
+
+    Not a temporary ``torch.serialization.safe_globals`` block: on leaving it torch restores the list it
+    found, which drops the plugin's allow-list for the rest of the process if fairseq was first imported
+    inside the block."""
+    import knee_plugins.fairseq_plugin  # noqa: F401  (registers the plugin, and so its allow-list)
+
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def average_state_dicts(models: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
