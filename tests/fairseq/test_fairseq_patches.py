@@ -7,9 +7,10 @@ import warnings
 
 import pytest
 import torch.serialization
-from fairseq import options
+from fairseq import file_io, options
 from fairseq.data import iterators
 from fairseq.distributed import utils as distributed_utils
+from fairseq.file_io import PathManager
 from fairseq.trainer import Trainer
 from knee_fairseq_helpers import LR, clean_env, make, run_cli, trace, train_records
 
@@ -17,7 +18,7 @@ from knee_plugins.fairseq_plugin import patches
 from knee_plugins.fairseq_plugin.patches._shape import unpatched as fairseq_original
 from knee_plugins.schedule import knee_factor
 
-NAMES = ["epoch_budget", "clean_exit", "cpu_torchrun", "cli_help", "checkpoint_globals"]
+NAMES = ["epoch_budget", "clean_exit", "cpu_torchrun", "cli_help", "checkpoint_globals", "atomic_copy"]
 
 
 class Unpatched:
@@ -39,7 +40,7 @@ class Unpatched:
     @staticmethod
     def wrapped_functions():
         return [(Trainer, "get_train_iterator"), (options, "parse_args_and_arch"),
-                (distributed_utils, "_infer_torch_distributed_launch_init")]  # fmt: skip
+                (distributed_utils, "_infer_torch_distributed_launch_init"), (PathManager, "copy")]  # fmt: skip
 
     def targets(self) -> list:
         return [getattr(owner, name, None) for owner, name in self.wrapped_functions()]
@@ -115,6 +116,10 @@ def other_parse_args(args, parser=None):
     return args
 
 
+def other_copy(src_path, dst_path):
+    return True
+
+
 MISSHAPEN = [
     ("epoch_budget", Trainer, "get_train_iterator", other_train_iterator, "epoch_number"),
     ("epoch_budget", Trainer, "get_train_iterator", train_iterator_without_batches,
@@ -124,6 +129,7 @@ MISSHAPEN = [
      "_infer_torch_distributed_launch_init"),
     ("cli_help", options, "parse_args_and_arch", other_parse_args, "parse_args_and_arch('args', 'parser')"),
     ("checkpoint_globals", torch.serialization, "add_safe_globals", None, "add_safe_globals"),
+    ("atomic_copy", PathManager, "copy", other_copy, "PathManager.copy('src_path', 'dst_path')"),
 ]  # fmt: skip
 
 
@@ -193,3 +199,36 @@ def test_fairseq_train_with_max_epoch_stops_clearly_without_the_epoch_budget_pat
     assert proc.returncode != 0
     assert "'epoch_budget' patch" in proc.stdout and "--max-epoch 1" in proc.stdout, proc.stdout[-2000:]
     assert not train_records(proc.stdout), "failed only after training had started"
+
+
+class CopyKilledHalfway:
+    """An ioPath manager (with no remote handlers) whose copy dies after writing half of the file (a kill
+    during a save)."""
+
+    _path_handlers: dict = {}
+
+    @staticmethod
+    def copy(src_path, dst_path, overwrite=False):
+        data = open(src_path, "rb").read()
+        with open(dst_path, "wb") as out:
+            out.write(data[: len(data) // 2])
+        raise KeyboardInterrupt("killed during the copy")
+
+
+def test_a_copy_cut_short_leaves_the_previous_checkpoint_whole(tmp_path, monkeypatch):
+    """fairseq makes checkpoint_last.pt by copying the save it just wrote: cut short, fairseq's own copy
+    leaves a truncated checkpoint_last.pt (which a rerun cannot load); with the patch, the previous one."""
+    new, last = tmp_path / "checkpoint_1_8.pt", tmp_path / "checkpoint_last.pt"
+    new.write_bytes(b"new checkpoint " * 100)
+    monkeypatch.setattr(file_io, "IOPathManager", CopyKilledHalfway)
+    for copy, expected in (
+        (fairseq_original(PathManager.copy), b"new checkpoint " * 50),
+        (PathManager.copy, b"previous"),
+    ):
+        last.write_bytes(b"previous")
+        with pytest.raises(KeyboardInterrupt):
+            copy(str(new), str(last), overwrite=True)
+        assert last.read_bytes() == expected
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_1_8.pt", "checkpoint_last.pt"]
+    monkeypatch.setattr(file_io, "IOPathManager", None)
+    assert PathManager.copy(str(new), str(last), overwrite=True) and last.read_bytes() == new.read_bytes()

@@ -1,7 +1,7 @@
 """Every change the plugin makes to fairseq (and torch) beyond registering its components.
 
 Registering ``--lr-scheduler knee``/``one_cycle``, ``--optimizer radam`` and ``--arch
-transformer_mb`` uses fairseq's public registries. Five more changes touch objects that fairseq
+transformer_mb`` uses fairseq's public registries. Six more changes touch objects that fairseq
 (or torch) does not offer as extension points. Each is a module of this package named after it,
 with a ``check()`` and an idempotent ``apply()``; this registry lists them in :data:`PATCHES`, and
 :func:`install` applies them when the plugin is registered. Each was written for one fairseq
@@ -25,7 +25,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import checkpoint_globals, clean_exit, cli_help, cpu_torchrun, epoch_budget
+from . import atomic_copy, checkpoint_globals, clean_exit, cli_help, cpu_torchrun, epoch_budget
 from ._shape import ShapeMismatch
 
 DISABLE_ENV = "KNEE_PLUGINS_DISABLE_PATCHES"
@@ -101,6 +101,15 @@ PATCHES: tuple[Patch, ...] = (
         fairseq_versions=FAIRSEQ_SERIES,
         check=checkpoint_globals.check,
         apply=checkpoint_globals.apply,
+    ),
+    Patch(
+        name=atomic_copy.NAME,
+        target="fairseq.file_io.PathManager.copy (wrapped; local paths copied to <dst>.tmp, then renamed)",
+        fixes="a kill during a save leaves checkpoint_last.pt / checkpoint_best.pt whole (old or new), never truncated",
+        without="a job killed while fairseq copies a save may leave a truncated checkpoint_last.pt that the rerun cannot load",
+        fairseq_versions=FAIRSEQ_SERIES,
+        check=atomic_copy.check,
+        apply=atomic_copy.apply,
     ),
 )
 
