@@ -54,6 +54,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from knee_plugins.fairseq_command import training_identity
 from scripts.common.fairseq_cli import fairseq_command
 from scripts.common.fairseq_recipe import (
     DEMO,
@@ -129,9 +130,10 @@ class PlannedRun:
     @property
     def identity(self) -> dict[str, Any]:
         """What a finished run records and must match to be this run: its fairseq-train arguments (the
-        work dir as ``<work-dir>``, so that a moved work dir still resumes) and the data it trained on."""
+        work dir as ``<work-dir>``, so that a moved work dir still resumes; without the options that only
+        choose which checkpoints are kept) and the data it trained on."""
         work_dir = str(self.run_dir.parent.parent)
-        arguments = self.command[len(fairseq_command("train")) :]
+        arguments = training_identity(self.command[len(fairseq_command("train")) :])
         data = {
             "spec": repr(self.config.recipe.spec),
             "train_pairs": self.train_pairs,

@@ -62,14 +62,16 @@ class TaskRecipe:
         return self.one_cycle_max_lr if schedule == "one_cycle" else self.lr
 
 
-# The demo's small Transformer and how its runs checkpoint.
+# The demo's small Transformer and how its runs checkpoint: every save (each --save-interval-updates)
+# writes checkpoint_last.pt (a rerun of the same command resumes from it), checkpoint_best.pt when the
+# valid loss improved, and keeps fairseq's latest interval checkpoint checkpoint_<epoch>_<update>.pt.
 DEMO_MODEL_ARGS = (
     "--encoder-layers", "2", "--decoder-layers", "2", "--encoder-embed-dim", "128", "--decoder-embed-dim", "128",
     "--encoder-ffn-embed-dim", "512", "--decoder-ffn-embed-dim", "512",
     "--encoder-attention-heads", "4", "--decoder-attention-heads", "4",
 )  # fmt: skip
 DEMO_RUN_ARGS = (
-    "--keep-interval-updates", "1", "--no-epoch-checkpoints", "--no-last-checkpoints", "--num-workers", "0",
+    "--keep-interval-updates", "1", "--no-epoch-checkpoints", "--num-workers", "0",
     "--required-batch-size-multiple", "1",
 )  # fmt: skip
 

@@ -8,11 +8,19 @@ no task.
 - :func:`run_all`: a list of :class:`Job` s, each ``fairseq-train`` with a progress bar and its log kept
   beside the checkpoints, then ``fairseq-generate`` on the best-valid checkpoint and BLEU, every result
   written as it comes (``results.json``, and ``result.json`` beside each run's checkpoints).
+
+Rerunning the same command after a kill (SIGKILL, a scheduler's SIGTERM, a crash) continues where it
+stopped: a run with ``result.json`` is not trained again, and an unfinished run whose save directory
+holds ``checkpoint_last.pt`` continues from it (fairseq restores the model, optimizer, LR scheduler and
+data position; the log is appended to, and the curves keep the latest record of each update). Each
+save directory records the ``fairseq-train`` command that trains it (``command.json``); a rerun with
+other settings over it stops before training instead of mixing two runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import shlex
 import subprocess
@@ -24,6 +32,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from knee_plugins.fairseq_command import training_identity
 from scripts.common import prepare
 from scripts.common.fairseq_cli import parse_log
 from scripts.common.fairseq_recipe import BatchPlan, TaskRecipe, plan_batches, with_budget
@@ -31,6 +40,8 @@ from scripts.common.results import RunResult, read_results_json, write_results_j
 
 logger = logging.getLogger(__name__)
 
+COMMAND_RECORD = "command.json"
+LAST_CHECKPOINT = "checkpoint_last.pt"
 DEMO_ONLY = ("max_updates", "train_pairs", "heldout_pairs", "bpe_symbols")
 
 
@@ -216,8 +227,36 @@ class Job:
         return self.save_dir / "result.json"
 
 
+def check_same_run(command: Sequence[str], save_dir: Path) -> None:
+    """SystemExit unless ``save_dir`` is new or holds a run of ``command`` (the same
+    :func:`~scripts.common.fairseq_cli.training_identity`): a result or checkpoint of other settings
+    must not be reused, continued or overwritten by accident."""
+    record = save_dir / COMMAND_RECORD
+    if record.exists():
+        recorded = json.loads(record.read_text(encoding="utf-8"))["train_command"]
+        if training_identity(recorded) == training_identity(command):
+            return
+        raise SystemExit(
+            f"{save_dir} holds a run of other settings:\n  recorded: {shlex.join(recorded)}\n"
+            f"  planned:  {shlex.join(command)}\nUse another --work-dir, or delete {save_dir} to train it again."
+        )
+    leftovers = [name for name in ("result.json", LAST_CHECKPOINT) if (save_dir / name).exists()]
+    if leftovers:
+        raise SystemExit(
+            f"{save_dir} holds {' and '.join(leftovers)} but no {COMMAND_RECORD} saying which command made "
+            f"them (an older version of the recipes): delete {save_dir} to train it again, or use another --work-dir."
+        )
+
+
+def record_command(command: Sequence[str], save_dir: Path) -> None:
+    """Write ``save_dir/command.json``: the ``fairseq-train`` command the run in ``save_dir`` is."""
+    save_dir.mkdir(parents=True, exist_ok=True)
+    (save_dir / COMMAND_RECORD).write_text(json.dumps({"train_command": list(command)}, indent=1) + "\n", "utf-8")
+
+
 def finished_result(job: Job) -> RunResult | None:
-    """The result a finished run of ``job`` left beside its checkpoints, if any."""
+    """The result a finished run of ``job`` left beside its checkpoints, if any (after
+    :func:`check_same_run`)."""
     if not job.result_path.exists():
         return None
     logger.info("%s seed %d: already trained, reusing %s", job.label, job.seed, job.result_path)
@@ -239,9 +278,15 @@ def run_all(
     results: list[RunResult] = []
     for index, job in enumerate(jobs, 1):
         logger.info("run %d/%d: %s, seed %d", index, len(jobs), job.label, job.seed)
-        result = job.reuse() if job.reuse is not None else None
+        check_same_run(job.train_command, job.save_dir)
+        result = finished_result(job)
+        if result is None and job.reuse is not None:
+            result = job.reuse()
+            if result is not None:
+                record_command(job.train_command, job.save_dir)
+                write_results_json([result], job.result_path)
         if result is None:
-            if job.init_command is not None:
+            if job.init_command is not None and not (job.save_dir / LAST_CHECKPOINT).exists():
                 logger.info("%s", shlex.join(job.init_command))
                 subprocess.run(job.init_command, check=True)
             result = run_fairseq_train(job.train_command, job.save_dir, job.label, job.seed, job.total_updates)
@@ -274,14 +319,18 @@ def run_fairseq_train(
     command: Sequence[str], save_dir: Path, label: str, seed: int, total_updates: int | None, progress_position: int = 0
 ) -> RunResult:
     """Run one ``fairseq-train`` command with a progress bar, keep its log as ``save_dir/train.log`` and
-    read the LR curve, the valid curve and the best valid loss from it."""
-    save_dir.mkdir(parents=True, exist_ok=True)
-    logger.info("%s", shlex.join(command))
+    read the LR curve, the valid curve and the best valid loss from it. When ``save_dir`` holds
+    ``checkpoint_last.pt`` of the same command, fairseq continues from it and the log is appended to."""
+    check_same_run(command, save_dir)
+    record_command(command, save_dir)
     log_path = save_dir / "train.log"
-    lines: list[str] = []
+    resuming = (save_dir / LAST_CHECKPOINT).exists()
+    if resuming:
+        logger.info("%s seed %d: continuing from %s", label, seed, save_dir / LAST_CHECKPOINT)
+    logger.info("%s", shlex.join(command))
     start = time.monotonic()
     with (
-        open(log_path, "w", encoding="utf-8") as log,
+        open(log_path, "a" if resuming else "w", encoding="utf-8") as log,
         subprocess.Popen(list(command), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as process,
         tqdm(
             total=total_updates,
@@ -295,7 +344,7 @@ def run_fairseq_train(
         assert process.stdout is not None
         for line in process.stdout:
             log.write(line)
-            lines.append(line)
+            log.flush()
             record = parse_log([line])
             if record["train_inner"]:
                 bar.n = int(record["train_inner"][0]["num_updates"])
@@ -303,6 +352,7 @@ def run_fairseq_train(
             elif record["valid"]:
                 bar.set_postfix(valid_loss=record["valid"][0]["valid_loss"])
     wall = time.monotonic() - start
+    lines = log_path.read_text(encoding="utf-8").splitlines(keepends=True)
     if process.returncode:
         raise RuntimeError(
             f"fairseq-train failed for {label} (exit {process.returncode}); see {log_path}:\n" + "".join(lines[-20:])
@@ -311,13 +361,16 @@ def run_fairseq_train(
 
 
 def result_from_log(lines: Sequence[str], label: str, seed: int, wall_seconds: float, log_path: Path) -> RunResult:
-    """The LR curve, the valid curve and the best valid loss of one run, from fairseq's log."""
+    """The LR curve, the valid curve and the best valid loss of one run, from fairseq's log. A log that a
+    resumed run appended to holds some updates twice (those after the last save before the kill): the
+    later record of each update is the one the run kept."""
     records = parse_log(lines)
     if not records["valid"]:
         raise RuntimeError(f"fairseq-train logged no validation for {label}; see {log_path}")
-    valid = [(int(r["valid_num_updates"]), float(r["valid_loss"])) for r in records["valid"]]
-    best = min(records["valid"], key=lambda r: float(r["valid_loss"]))
-    lr_curve = [(int(r["num_updates"]), float(r["lr"])) for r in records["train_inner"]]
+    valid_records = sorted({int(r["valid_num_updates"]): r for r in records["valid"]}.items())
+    valid = [(update, float(r["valid_loss"])) for update, r in valid_records]
+    best = min((r for _, r in valid_records), key=lambda r: float(r["valid_loss"]))
+    lr_curve = sorted({int(r["num_updates"]): float(r["lr"]) for r in records["train_inner"]}.items())
     updates = max([u for u, _ in valid] + [u for u, _ in lr_curve])
     return RunResult(
         label, seed, wall_seconds, updates, float(best["valid_loss"]), float(best["valid_ppl"]), lr_curve, valid

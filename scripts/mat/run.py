@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import logging
 import shlex
 import sys
@@ -62,7 +61,7 @@ from scripts.common.fairseq_recipe import (
     with_budget,
 )
 from scripts.common.results import RunResult, read_results_json
-from scripts.common.runner import Job, RunnerOptions, add_arguments, finished_result, options_from, run_all
+from scripts.common.runner import Job, RunnerOptions, add_arguments, options_from, run_all
 
 logger = logging.getLogger(__name__)
 
@@ -130,7 +129,7 @@ TASKS: dict[str, MatRecipe] = {
         paper_task(
             "iwslt14",
             dataclasses.replace(prepare.IWSLT14_SPEC, joined_dictionary=True),
-            "transformer_mb_iwslt_de_en",
+            "transformer_mb_mat_iwslt_de_en",
             tokens_per_update=4096,
             epochs=200,
             explore_epochs=100,
@@ -145,7 +144,7 @@ TASKS: dict[str, MatRecipe] = {
         paper_task(
             "wmt14",
             dataclasses.replace(prepare.WMT14_SPEC, source_lang="de", target_lang="en"),
-            "transformer_mb_wmt_en_de",
+            "transformer_mb_mat_wmt_en_de",
             tokens_per_update=524_288,
             epochs=70,
             explore_epochs=35,
@@ -269,9 +268,10 @@ def commands(run: MatRun) -> list[list[str]]:
 
 
 def phase_job(run: MatRun, phase: int) -> Job:
-    """One phase of ``run`` for the runner; a phase that finished earlier is reused."""
+    """One phase of ``run`` for the runner (which reuses a phase that finished and continues one that
+    was cut short)."""
     task = run.recipe.task
-    job = Job(
+    return Job(
         f"{run.schedule} phase {phase}",
         run.seed,
         run.phase_dir(phase),
@@ -280,8 +280,6 @@ def phase_job(run: MatRun, phase: int) -> Job:
         total_updates=task.budget["full"] if task.budget_unit == "updates" else None,
         init_command=init_command(run) if phase == 2 else None,
     )
-    job.reuse = functools.partial(finished_result, job)
-    return job
 
 
 def read_results(work_dir: Path) -> list[RunResult]:

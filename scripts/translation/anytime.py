@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import json
 import logging
 import shlex
@@ -40,7 +39,7 @@ from scripts.common.checkpoint_average import average_checkpoints, load_checkpoi
 from scripts.common.fairseq_cli import fairseq_command
 from scripts.common.fairseq_recipe import DEMO, DEMO_PEAK_LR, BatchPlan, fairseq_train_command, generate_command
 from scripts.common.results import RunResult, mean_std, read_results_json, write_results_json
-from scripts.common.runner import Job, RunnerOptions, finished_result, run_all, score_test
+from scripts.common.runner import Job, RunnerOptions, run_all, score_test
 
 logger = logging.getLogger(__name__)
 
@@ -238,19 +237,13 @@ def validate_command(settings: Settings, checkpoint: Path) -> list[str]:
     ]  # fmt: skip
 
 
-def resumable(job: Job) -> Job:
-    """``job``, reusing the result a finished run of it left (a rerun skips it)."""
-    job.reuse = functools.partial(finished_result, job)
-    return job
-
-
 def parent_job(settings: Settings, seed: int) -> Job:
     plan = settings.plan
     save_dir = settings.parent_dir(seed)
     command = train(
         settings, save_dir, seed, plan.parent_updates, knee_args(plan, plan.far_budget, plan.far_budget), parent=True
     )
-    return resumable(Job(PARENT, seed, save_dir, command, [], total_updates=plan.parent_updates, peak_lr=plan.lr))
+    return Job(PARENT, seed, save_dir, command, [], total_updates=plan.parent_updates, peak_lr=plan.lr)
 
 
 def branch_job(settings: Settings, seed: int, budget: int, decay_type: str, checkpoint: Path) -> Job:
@@ -266,9 +259,7 @@ def branch_job(settings: Settings, seed: int, budget: int, decay_type: str, chec
         extra=["--continue-once", str(checkpoint)],
     )
     label = f"{branch_method(decay_type)} @ {budget}"
-    return resumable(
-        Job(label, seed, save_dir, command, generate(settings, save_dir / "checkpoint_last.pt"), budget, plan.lr)
-    )
+    return Job(label, seed, save_dir, command, generate(settings, save_dir / "checkpoint_last.pt"), budget, plan.lr)
 
 
 def separate_job(settings: Settings, seed: int, budget: int) -> Job:
@@ -276,9 +267,7 @@ def separate_job(settings: Settings, seed: int, budget: int) -> Job:
     save_dir = settings.seed_dir(seed) / f"knee-{budget}"
     command = train(settings, save_dir, seed, budget, knee_args(plan, None, plan.branch_point(budget)))
     label = f"{SEPARATE} @ {budget}"
-    return resumable(
-        Job(label, seed, save_dir, command, generate(settings, save_dir / "checkpoint_last.pt"), budget, plan.lr)
-    )
+    return Job(label, seed, save_dir, command, generate(settings, save_dir / "checkpoint_last.pt"), budget, plan.lr)
 
 
 def checkpoint_updates(path: Path) -> int:

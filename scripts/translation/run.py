@@ -47,6 +47,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from knee_plugins.fairseq_command import training_identity
 from scripts.common import prepare, report, sweep
 from scripts.common.fairseq_recipe import (
     BUDGETS,
@@ -93,6 +94,7 @@ TASKS: dict[str, TaskRecipe] = {
         budget={"full": 50, "short": 35},
         explore={"full": 40, "short": 30},
         model_args=("--share-decoder-input-output-embed",),
+        extra_args=("--no-epoch-checkpoints",),
     ),
     "wmt14": TaskRecipe(
         "wmt14",
@@ -105,6 +107,7 @@ TASKS: dict[str, TaskRecipe] = {
         explore={"full": 50, "short": 25},
         beam=4,
         model_args=("--share-all-embeddings",),
+        extra_args=("--no-epoch-checkpoints", "--save-interval-updates", "1000", "--keep-interval-updates", "1"),
     ),
     "demo": DEMO,
 }
@@ -117,14 +120,16 @@ def run_training(run: RunConfig) -> RunResult:
 
 def reuse_sweep_run(run: RunConfig, sweep_dir: Path) -> RunResult | None:
     """``run``'s result when the LR sweep in ``sweep_dir`` already trained exactly ``run`` (same
-    fairseq-train command but for ``--save-dir``: seed 1 at the full budget and the same peak LR):
+    fairseq-train command but for ``--save-dir`` and which checkpoints are kept: seed 1 at the full
+    budget and the same peak LR):
     its log and best checkpoint are copied into ``run.save_dir`` instead of training again."""
     json_path = sweep_dir / "sweep.json"
     if not json_path.exists():
         return None
     swept = dataclasses.replace(run, save_dir=sweep_dir / f"{run.schedule}-lr{run.peak_lr:g}")
-    command = shlex.join(train_command(swept))
-    record = next((r for r in json.loads(json_path.read_text(encoding="utf-8")) if r["command"] == command), None)
+    command = sweep_identity(train_command(swept))
+    records = json.loads(json_path.read_text(encoding="utf-8"))
+    record = next((r for r in records if sweep_identity(shlex.split(r["command"])) == command), None)
     if record is None or not (swept.save_dir / "checkpoint_best.pt").exists():
         return None
     run.save_dir.mkdir(parents=True, exist_ok=True)
@@ -284,6 +289,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 # --- the LR sweep -----------------------------------------------------------------------------
 
 
+def sweep_identity(command: Sequence[str]) -> str:
+    """What makes two sweep runs the same run: the ``fairseq-train`` command without the options that
+    only choose which checkpoints stay on disk (a sweep recorded before the demo kept
+    ``checkpoint_last.pt`` is still this sweep)."""
+    return shlex.join(training_identity(command))
+
+
 def sweep_run(template: RunConfig, schedule: str, lr: float, sweep_dir: Path) -> RunConfig:
     """The sweep's run of ``schedule`` at peak LR ``lr``: seed 1 at the full budget (Knee's short
     budget uses Knee's LR), in ``sweep_dir/<schedule>-lr<lr>``."""
@@ -308,11 +320,12 @@ def run_lr_sweep(runs: Sequence[RunConfig], learning_rates: Sequence[float], swe
     template = runs[0]
 
     def command(schedule: str, lr: float) -> str:
-        return shlex.join(train_command(sweep_run(template, schedule, lr, sweep_dir)))
+        return sweep_identity(train_command(sweep_run(template, schedule, lr, sweep_dir)))
 
     def as_record(record: dict) -> sweep.SweepRecord:
+        identity = sweep_identity(shlex.split(record["command"]))
         return sweep.SweepRecord(
-            record["schedule"], float(record["lr"]), float(record["best_valid_loss"]), record["command"], record
+            record["schedule"], float(record["lr"]), float(record["best_valid_loss"]), identity, record
         )
 
     def train(schedule: str, lr: float) -> sweep.SweepRecord:
@@ -325,7 +338,7 @@ def run_lr_sweep(runs: Sequence[RunConfig], learning_rates: Sequence[float], swe
                 "best_valid_loss": result.best_valid_loss,
                 "last_valid_loss": result.valid_curve[-1][1],
                 "wall_seconds": result.wall_seconds,
-                "command": command(schedule, lr),
+                "command": shlex.join(train_command(sweep_run(template, schedule, lr, sweep_dir))),
             }
         )
 

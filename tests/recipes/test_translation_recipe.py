@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from knee_plugins.fairseq_command import training_identity
 from scripts.common import fairseq_recipe, report, sweep
 from scripts.common.runner import pick_example_ids
 from scripts.translation import run as translation
@@ -192,8 +193,9 @@ def test_bad_flags_are_named(capsys):
 
 
 def _without_paths(command: str) -> list[str]:
-    """A fairseq-train command without what depends on the machine: the executable's, data's and save paths."""
-    tokens = shlex.split(command)
+    """A fairseq-train command without what depends on the machine (the executable's, data's and save
+    paths) and without the options that only choose which checkpoints are kept."""
+    tokens = training_identity(shlex.split(command))
     save_dir = tokens.index("--save-dir")
     return [Path(tokens[0]).name, *tokens[2:save_dir], *tokens[save_dir + 2 :]]
 
