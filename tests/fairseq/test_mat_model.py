@@ -341,3 +341,35 @@ def test_mat_init_refuses_zero_branches_instead_of_falling_back_to_branches(argv
 def test_mat_init_takes_each_side_from_its_own_option_else_from_branches(tmp_path):
     args = mat_init.parse_args(["a.pt", "b.pt", "--branches", "3", "--encoder-branches", "2", "--dry-run"])
     assert (args.encoder_branches, args.decoder_branches) == (2, 3)
+
+
+def _architecture_args(arch: str):
+    from fairseq.models import ARCH_CONFIG_REGISTRY
+
+    parser = options.get_training_parser()
+    args = options.parse_args_and_arch(parser, ["data", "--task", "translation", "--arch", arch])
+    ARCH_CONFIG_REGISTRY[arch](args)
+    return args
+
+
+@pytest.mark.parametrize(
+    "arch, embed, ffn, heads, branches, branch_dropout",
+    [
+        ("transformer_mb_mat_iwslt_de_en", 256, 2048, 4, 3, 0.3),
+        ("transformer_mb_mat_wmt_en_de", 512, 12288, 16, 2, 0.2),
+    ],
+)
+def test_the_mat_readme_models_have_their_own_names_and_settings(arch, embed, ffn, heads, branches, branch_dropout):
+    """The released code's names (transformer_mb_iwslt_de_en, ..._wmt_en_de) are other models there:
+    the plugin does not register them, so a command written for that code fails instead of training
+    another model; the plugin's names build the MAT README's settings."""
+    from fairseq.models import ARCH_MODEL_REGISTRY
+
+    assert "transformer_mb_iwslt_de_en" not in ARCH_MODEL_REGISTRY
+    assert "transformer_mb_wmt_en_de" not in ARCH_MODEL_REGISTRY
+    args = _architecture_args(arch)
+    assert (args.encoder_embed_dim, args.encoder_ffn_embed_dim, args.encoder_attention_heads) == (embed, ffn, heads)
+    assert (args.decoder_embed_dim, args.decoder_ffn_embed_dim, args.decoder_attention_heads) == (embed, ffn, heads)
+    assert args.encoder_branches == args.decoder_branches == branches and args.branch_dropout == branch_dropout
+    assert args.encoder_pffn_branches == args.decoder_pffn_branches == 1 and args.join_pffn
+    assert args.encoder_layers == args.decoder_layers == 6 and args.dropout == 0.3

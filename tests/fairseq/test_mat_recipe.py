@@ -20,8 +20,8 @@ from scripts.common.fairseq_recipe import DEMO, plan_batches
 from scripts.mat import run as mat
 
 PAPER = {  # task -> (arch, epochs per phase, explore until, phase-2 branches, rho, beam, lenpen, tokens/update)
-    "iwslt14": ("transformer_mb_iwslt_de_en", 200, 100, 3, 0.3, 5, 1.2, 4096),
-    "wmt14": ("transformer_mb_wmt_en_de", 70, 35, 2, 0.2, 4, 0.6, 524_288),
+    "iwslt14": ("transformer_mb_mat_iwslt_de_en", 200, 100, 3, 0.3, 5, 1.2, 4096),
+    "wmt14": ("transformer_mb_mat_wmt_en_de", 70, 35, 2, 0.2, 4, 0.6, 524_288),
 }
 
 

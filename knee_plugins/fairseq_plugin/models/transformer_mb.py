@@ -428,15 +428,15 @@ def _paper_setting(
     base_architecture_mb(args)
 
 
-@register_model_architecture("transformer_mb", "transformer_mb_iwslt_de_en")
-def transformer_mb_iwslt_de_en(args):
+@register_model_architecture("transformer_mb", "transformer_mb_mat_iwslt_de_en")
+def transformer_mb_mat_iwslt_de_en(args):
     """The MAT paper's IWSLT'14 De-En model (its README, 35.70 BLEU): 6+6 layers, d 256, FFN 2048,
     4 heads, 3 attention branches, drop-branch 0.3, one joined FFN branch, dropout 0.3."""
     _paper_setting(args, embed_dim=256, ffn_dim=2048, heads=4, branches=3, branch_dropout=0.3, dropout=0.3)
 
 
-@register_model_architecture("transformer_mb", "transformer_mb_wmt_en_de")
-def transformer_mb_wmt_en_de(args):
+@register_model_architecture("transformer_mb", "transformer_mb_mat_wmt_en_de")
+def transformer_mb_mat_wmt_en_de(args):
     """The MAT paper's WMT'14 model (its README, 29.90 BLEU En-De with proximal init): 6+6
     layers, d 512, FFN 12288, 16 heads, 2 attention branches, drop-branch 0.2, one joined FFN
     branch, dropout 0.3."""
