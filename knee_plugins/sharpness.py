@@ -319,25 +319,45 @@ def _hf_batches(args: argparse.Namespace) -> tuple[nn.Module, list[Any], LossFn]
     return model, batches, hf_loss_fn
 
 
-def _fairseq_batches(args: argparse.Namespace) -> tuple[nn.Module, list[Any], LossFn]:
+def fairseq_model_and_batches(
+    checkpoint: str | Path,
+    data: str | Path,
+    *,
+    subset: str = "train",
+    max_tokens: int = 4096,
+    num_batches: int = 4,
+    seed: int = 0,
+) -> tuple[nn.Module, list[Any], LossFn]:
+    """A fairseq checkpoint's model, the first ``num_batches`` batches of ``subset`` (unshuffled) and the
+    ``loss_fn`` of the checkpoint's own criterion, all built by fairseq from the checkpoint's config."""
     from fairseq import checkpoint_utils, utils
 
     import knee_plugins.fairseq_plugin  # noqa: F401  (registers the plugin, incl. its checkpoint allow-list)
 
-    overrides = {"data": str(args.fairseq_data)}
     models, cfg, task = checkpoint_utils.load_model_ensemble_and_task(
-        [str(args.fairseq_checkpoint)], arg_overrides=overrides
+        [str(checkpoint)], arg_overrides={"data": str(data)}
     )
     model = models[0]
     criterion = task.build_criterion(cfg.criterion)
-    task.load_dataset(args.subset)
+    task.load_dataset(subset)
     iterator = task.get_batch_iterator(
-        dataset=task.dataset(args.subset),
-        max_tokens=args.max_tokens,
+        dataset=task.dataset(subset),
+        max_tokens=max_tokens,
         max_positions=utils.resolve_max_positions(task.max_positions(), model.max_positions()),
-        seed=args.seed,
+        seed=seed,
     ).next_epoch_itr(shuffle=False)
-    return model, take_batches(iterator, args.num_batches), fairseq_loss_fn(criterion)
+    return model, take_batches(iterator, num_batches), fairseq_loss_fn(criterion)
+
+
+def _fairseq_batches(args: argparse.Namespace) -> tuple[nn.Module, list[Any], LossFn]:
+    return fairseq_model_and_batches(
+        args.fairseq_checkpoint,
+        args.fairseq_data,
+        subset=args.subset,
+        max_tokens=args.max_tokens,
+        num_batches=args.num_batches,
+        seed=args.seed,
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
