@@ -5,7 +5,8 @@
     accelerate launch --multi_gpu --num_processes 8 -m scripts.bert.pretrain --data-dir data/bert --output-dir runs/knee
 
 Phase 1 trains at sequence length 128 for 90% of the budget, phase 2 at 512 for 10%, starting from
-phase 1's weights with a fresh LAMB optimizer and a fresh schedule (NVIDIA's recipe). Each phase's
+phase 1's weights and LAMB moments with the step counters reset and a fresh schedule (NVIDIA's recipe;
+``--phase2-optimizer fresh`` starts from a new LAMB instead). Each phase's
 schedule is sized in optimizer steps and stepped once per optimizer step (the ``Accelerator`` is built
 with ``step_scheduler_with_optimizer=False``), so the LR follows the plan whatever the number of
 processes and the gradient accumulation; global batch = processes x per-device batch x accumulation.
@@ -13,6 +14,11 @@ processes and the gradient accumulation; global batch = processes x per-device b
 Preemption: the state (model, optimizer, schedule, RNGs) is saved every ``--checkpointing-steps``
 optimizer steps and when SIGTERM arrives; running the same command again resumes in the phase, at
 the optimizer step and at the data position where the last state was saved.
+
+fp16: an update the loss scaler skips (gradients overflowed) is not one of the plan's updates, as in
+NVIDIA's ``run_pretraining.py``: the schedule does not advance, the phase ends after its planned number
+of real updates (so Knee's boundaries stay where the plan puts them), and the skipped steps are counted
+(``skipped_steps`` in metrics.jsonl and phase_done.json) next to the loss scale.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from scripts.bert.pretraining_utils import (
 )
 
 logger = logging.getLogger("bert_pretrain")
+PROGRESS_FILE = "progress.json"  # beside accelerate's state: the updates the loss scaler skipped so far
 
 
 def parse_args(argv=None):
@@ -283,6 +290,7 @@ def main(argv=None):
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "run_config.json").write_text(json.dumps(vars(args), indent=2) + "\n")
+    check_shared_output_dir(accelerator, output_dir)
     accelerator.init_trackers(
         "bert_pretraining",
         config={k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in vars(args).items()},
@@ -310,6 +318,34 @@ def main(argv=None):
             logger.info("wrote %s", png)
     accelerator.end_training()
     return 0
+
+
+def check_shared_output_dir(accelerator, output_dir: Path) -> None:
+    """SystemExit on every process unless all of them see the main process's ``--output-dir``: the main
+    process alone writes the saved states that every process loads on a resume, so a multi-node run
+    needs the directory on a file system all nodes share."""
+    import uuid
+
+    from accelerate.utils import broadcast_object_list, gather_object
+
+    if accelerator.num_processes == 1:
+        return
+    token = broadcast_object_list([uuid.uuid4().hex if accelerator.is_main_process else None])[0]
+    marker = output_dir / f".shared-check-{token}"
+    if accelerator.is_main_process:
+        marker.write_text(f"written by process 0 on {os.uname().nodename}\n")
+    accelerator.wait_for_everyone()
+    sees = gather_object([(accelerator.process_index, os.uname().nodename, marker.is_file())])
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        marker.unlink()
+    blind = [f"process {index} on {host}" for index, host, seen in sees if not seen]
+    if blind:
+        raise SystemExit(
+            f"--output-dir {output_dir} is not shared: {', '.join(blind)} cannot see what process 0 writes there. "
+            "The main process alone saves the states every process resumes from; put --output-dir on a file "
+            "system all nodes share (as NVIDIA's recipe does)."
+        )
 
 
 def capture_rng() -> dict:
@@ -373,6 +409,7 @@ class PhaseTrainer:
     """Runs one phase at a time with the same Accelerator, resuming from the phase's newest state."""
 
     def __init__(self, accelerator, args, tokenizer, config, output_dir, stop):
+        self.skipped_steps = 0
         self.accelerator, self.args, self.tokenizer, self.config = accelerator, args, tokenizer, config
         self.output_dir, self.stop = output_dir, stop
         self.metrics_path = output_dir / "metrics.jsonl"
@@ -451,7 +488,7 @@ class PhaseTrainer:
         # Resume from the newest complete state of this phase, if it was saved under the same plan and settings.
         checkpoint_dir = phase_dir / "checkpoints"
         plan_file = phase_dir / "plan.json"
-        completed = 0
+        completed = self.skipped_steps = 0
         saved = sorted(checkpoint_dir.glob("step_*[0-9]")) if checkpoint_dir.is_dir() else []
         identity = {"plan": asdict(plan), "settings": resume_settings(args)}
         if saved and plan_file.is_file():
@@ -470,13 +507,17 @@ class PhaseTrainer:
         if saved:
             accelerator.load_state(str(saved[-1]))
             completed = int(saved[-1].name.split("_")[1])
+            progress_file = saved[-1] / PROGRESS_FILE
+            if progress_file.is_file():
+                self.skipped_steps = int(json.loads(progress_file.read_text())["skipped_steps"])
             logger.info("phase %d resumes at optimizer step %d from %s", plan.phase, completed, saved[-1])
         if accelerator.is_main_process:
             for path in (self.metrics_path, self.eval_path):
                 self._truncate_metrics(path, plan.phase, completed)
         accelerator.wait_for_everyone()
 
-        epoch, skip = divmod(completed * plan.gradient_accumulation_steps, batches_per_epoch)
+        consumed = (completed + self.skipped_steps) * plan.gradient_accumulation_steps
+        epoch, skip = divmod(consumed, batches_per_epoch)
         progress = tqdm(
             total=plan.steps,
             initial=completed,
@@ -515,6 +556,21 @@ class PhaseTrainer:
                         accelerator.step = step_micro_batches  # save_state records accumulate()'s counter too
                         return self._stop(checkpoint_dir, plan.phase, completed, progress, "mid-accumulation")
                     continue
+                if accelerator.optimizer_step_was_skipped:
+                    # The loss scaler found inf/NaN gradients: no update happened, so none is counted.
+                    self.skipped_steps += 1
+                    step_rng, step_micro_batches = capture_rng(), accelerator.step
+                    step_losses.zero_()
+                    step_sequences.zero_()
+                    logger.info(
+                        "phase %d: update %d skipped by the loss scaler (%d skipped so far)",
+                        plan.phase,
+                        completed + 1,
+                        self.skipped_steps,
+                    )
+                    if self._stop_requested():
+                        return self._stop(checkpoint_dir, plan.phase, completed, progress, "after a skipped update")
+                    continue
                 completed += 1
                 step_rng, step_micro_batches = capture_rng(), accelerator.step
                 progress.update(1)
@@ -535,6 +591,7 @@ class PhaseTrainer:
                         "nsp_loss": nsp,
                         "grad_norm": mean_grad_norm,
                         "loss_scale": accelerator.scaler.get_scale() if accelerator.scaler is not None else None,
+                        "skipped_steps": self.skipped_steps,
                         "global_batch": sequences,
                     }
                     progress.set_postfix(mlm=f"{mlm:.3f}", nsp=f"{nsp:.3f}", lr=f"{learning_rate:.3g}")
@@ -578,6 +635,7 @@ class PhaseTrainer:
             "steps": plan.steps,
             "schedule": plan.schedule,
             "steps_this_run": completed - start_step,
+            "skipped_steps": self.skipped_steps,
             "train_seconds": train_seconds,
             "steps_per_second": (completed - start_step) / train_seconds if train_seconds else None,
             **evaluation,
@@ -655,6 +713,7 @@ class PhaseTrainer:
         accelerator.save_state(str(staging))
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
+            (staging / PROGRESS_FILE).write_text(json.dumps({"skipped_steps": self.skipped_steps}) + "\n")
             shutil.rmtree(target, ignore_errors=True)
             staging.rename(target)
             for old in sorted(checkpoint_dir.glob("step_*[0-9]"))[: -self.args.save_total_limit]:

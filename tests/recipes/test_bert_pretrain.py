@@ -634,6 +634,41 @@ def test_squad_fine_tunes_from_what_pretraining_writes(reference, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_multi_node_run_stops_before_training_when_its_processes_do_not_share_the_output_dir(data_dir, tmp_path):
+    """Each of 2 processes in its own working directory with a relative --output-dir: what nodes without a
+    shared file system see. Process 0 alone writes the states every process resumes from, so the run stops
+    at once, naming the process that cannot see them."""
+    launcher = accelerate_launcher(2)
+    cmd = command(data_dir, "run", 2)
+    cmd = [*launcher, str(ROOT / "tests" / "rank_directory.py"), str(tmp_path), *cmd[len(launcher) + 1 :]]
+    result = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode != 0
+    assert "--output-dir run is not shared: process 1 on " in result.stderr
+    assert not (tmp_path / "rank0" / "run" / "metrics.jsonl").exists(), "stopped before the first step"
+    assert not list((tmp_path / "rank0" / "run").glob(".shared-check-*"))
+
+
+@pytest.mark.slow
+def test_updates_the_loss_scaler_skips_are_not_steps_of_the_plan(reference, data_dir, tmp_path):
+    """fp16 overflows (forced: attempts 2 and 3 of phase 1, the 2nd of phase 2) advance neither the schedule
+    nor the step count: each phase still makes its planned number of real updates, at the plan's LRs."""
+    double = ROOT / "tests" / "loss_scaler_double.py"
+    cmd = command(data_dir, tmp_path)
+    launcher = accelerate_launcher(1)
+    cmd = [*launcher, str(double), "2,3,12", *cmd[len(launcher) + 1 :]]
+    result = run(cmd)
+    records, expected = metrics(tmp_path), metrics(reference[0])
+    assert [(r["phase"], r["step"]) for r in records] == [(r["phase"], r["step"]) for r in expected]
+    assert [r["lr"] for r in records] == [r["lr"] for r in expected]
+    assert [r["skipped_steps"] for r in records if r["phase"] == 1] == [0] + [2] * (STEPS[0] - 1)
+    assert [r["skipped_steps"] for r in records if r["phase"] == 2] == [0] + [1] * (STEPS[1] - 1)
+    for phase, skipped in ((1, 2), (2, 1)):
+        done = json.loads((tmp_path / f"phase{phase}" / "final" / "phase_done.json").read_text())
+        assert done["steps"] == done["steps_this_run"] == STEPS[phase - 1] and done["skipped_steps"] == skipped
+    assert "update 2 skipped by the loss scaler (2 skipped so far)" in result.stderr
+
+
+@pytest.mark.slow
 def test_gradient_norm_every_step_and_validation_every_eval_steps_leave_training_unchanged(
     reference, data_dir, tmp_path
 ):
