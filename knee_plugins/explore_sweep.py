@@ -298,6 +298,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     train_args = args.train_args[1:] if args.train_args[:1] == ["--"] else list(args.train_args)
+    if "--dry-run" in train_args:  # fairseq-train has no --dry-run: given after `--`, it is still the sweep's
+        train_args.remove("--dry-run")
+        args.dry_run = True
     _check(parser, args, train_args)
     if args.dry_run:
         plans = plan_runs(train_args, args.explore_ratios, args.seeds, args.output_dir)

@@ -22,6 +22,9 @@ def test_dry_run_prints_one_command_per_explore_length_and_seed(tmp_path, capsys
     assert len(commands) == 4
     assert commands[3].endswith("--explore-ratio 0.5 --seed 2 --save-dir " + str(tmp_path / "explore-0.5" / "seed-2"))
     assert " DATA " in commands[0] and "--explore-ratio 0 --seed 1" in commands[0]
+    # fairseq-train has no --dry-run: after `--` it is still the sweep's (and nothing trains)
+    assert main([*argv[:-2], "--", "DATA", *KNEE, "--dry-run"]) == 0
+    assert capsys.readouterr().out.splitlines() == commands
 
 
 @pytest.mark.parametrize(
