@@ -1,6 +1,6 @@
-"""A translation recipe run killed mid-run (SIGKILL, as a scheduler does after its grace period) and
-rerun with the same command continues from its last save: same update, same LR per update, same
-best valid loss as a run that was never interrupted; finished runs are not trained again."""
+"""A fairseq recipe run (translation, MAT) killed mid-run (SIGKILL, as a scheduler does after its grace
+period) and rerun with the same command continues from its last save: same update, same LR per update,
+same best valid loss as a run that was never interrupted; finished runs are not trained again."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,22 +27,29 @@ TINY_KNEE = [
 ]  # fmt: skip
 
 
-def recipe(work_dir: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "scripts.translation.run", *TINY_KNEE, "--work-dir", str(work_dir), *extra]
+TINY_MAT = [
+    "--task", "demo", "--schedule", "knee", "--max-updates", "16", "--train-pairs", "2000",
+    "--heldout-pairs", "16", "--bpe-symbols", "300", "--cpu", "--skip-generate",
+    "--fairseq-args", "--log-interval 1 --save-interval-updates 4",
+]  # fmt: skip
 
 
-def run_recipe(work_dir: Path, *extra: str) -> str:
+def recipe(work_dir: Path, program: str = "scripts.translation.run", arguments: list[str] = TINY_KNEE) -> list[str]:
+    return [sys.executable, "-m", program, *arguments, "--work-dir", str(work_dir)]
+
+
+def run_recipe(work_dir: Path, *how: Any) -> str:
     done = subprocess.run(
-        recipe(work_dir, *extra), cwd=REPO, env=clean_env(PYTHONPATH=str(REPO)), capture_output=True, text=True
+        recipe(work_dir, *how), cwd=REPO, env=clean_env(PYTHONPATH=str(REPO)), capture_output=True, text=True
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done.stdout + done.stderr
 
 
-def kill_after_first_save(work_dir: Path, save_dir: Path) -> None:
-    """Start the recipe and SIGKILL it (the runner and its fairseq-train) once fairseq saved."""
+def kill_after_first_save(work_dir: Path, save_dir: Path, *how: Any) -> None:
+    """Start the recipe and SIGKILL it (the runner and its fairseq-train) once fairseq saved in ``save_dir``."""
     process = subprocess.Popen(
-        recipe(work_dir),
+        recipe(work_dir, *how),
         cwd=REPO,
         env=clean_env(PYTHONPATH=str(REPO)),
         stdout=subprocess.DEVNULL,
@@ -111,3 +119,26 @@ def test_a_rerun_with_other_settings_over_a_run_stops_before_training(tmp_path):
     assert done.returncode != 0
     assert "holds a run of other settings" in done.stderr and "--work-dir" in done.stderr
     assert not (save_dir / "train.log").exists()
+
+
+@pytest.mark.slow
+def test_mat_killed_in_phase_2_continues_phase_2_without_a_new_initialisation(tmp_path):
+    """MAT's phase 2 starts from knee-mat-init's checkpoint (--finetune-from-model): cut short, it must
+    continue from its own last save, not start phase 2 again from the initialisation."""
+    mat = ("scripts.mat.run", TINY_MAT)
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    run_recipe(whole, *mat)
+    phase2 = killed / "checkpoints" / "knee-seed1" / "phase2"
+    kill_after_first_save(killed, phase2, *mat)
+    init_stamp = (phase2 / "checkpoint_init.pt").stat().st_mtime_ns
+    output = run_recipe(killed, *mat)
+    assert "knee phase 1 seed 1: already trained" in output and "knee-mat-init" not in output
+    assert (phase2 / "checkpoint_init.pt").stat().st_mtime_ns == init_stamp
+    loaded = [line for line in (phase2 / "train.log").read_text().splitlines() if "Loaded checkpoint" in line]
+    assert "checkpoint_init.pt (epoch 1 @ 0 updates)" in loaded[0], "the first launch started from the init"
+    assert len(loaded) == 2 and str(phase2 / "checkpoint_last.pt") in loaded[1], loaded
+    expected = {(r["label"], r["seed"]): r for r in json.loads((whole / "results.json").read_text())}
+    for got in json.loads((killed / "results.json").read_text()):
+        reference = expected[got["label"], got["seed"]]
+        assert got["lr_curve"] == reference["lr_curve"] and got["valid_curve"] == reference["valid_curve"]
+        assert got["best_valid_loss"] == reference["best_valid_loss"]
