@@ -13,6 +13,7 @@ from knee_plugins.fairseq_command import training_identity
 from scripts.common import fairseq_recipe, report, sweep
 from scripts.common.runner import pick_example_ids
 from scripts.translation import run as translation
+from scripts.translation.explore_sweep import main as explore_sweep_main
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -228,3 +229,22 @@ def test_committed_lr_sweep_trained_what_the_sweep_protocol_trains():
     replayed = sweep.run_sweep(schedules, [1e-3, 2e-3, 4e-3], train, lambda schedule, lr: None)
     assert trained == [(r["schedule"], r["lr"]) for r in records]
     assert sweep.best_learning_rates(replayed) == fairseq_recipe.DEMO_PEAK_LR
+
+
+def test_committed_explore_sweep_ran_the_current_demo_and_its_table_is_its_runs(capsys):
+    """docs/explore-sweep is the explore sweep of the demo as it is now: each run's fairseq-train command
+    is the documented command's (paths aside), and the table and summary are computed from the runs."""
+    from knee_plugins import explore_sweep
+
+    folder = REPO / "docs" / "explore-sweep"
+    record = json.loads((folder / "sweep.json").read_text(encoding="utf-8"))
+    assert explore_sweep_main(["--seeds", "3", "--explore-ratios", "0", "0.25", "0.5", "0.75", "--dry-run"]) == 0
+    planned = capsys.readouterr().out.splitlines()
+    assert len(planned) == len(record["runs"]) == 12
+    for run, command in zip(record["runs"], planned, strict=True):
+        assert _without_paths(shlex.join(run["command"])) == _without_paths(command)
+        assert run["sharpness_measurement"]["steps"] == 200 and run["sharpness_measurement"]["num_batches"] == 4
+    rows = explore_sweep.summarise(record["runs"])
+    assert rows == record["summary"]
+    assert (folder / "sweep.md").read_text(encoding="utf-8") == explore_sweep.markdown_table(rows)
+    assert explore_sweep.markdown_table(rows) in (REPO / "docs" / "choosing-lr-and-explore.md").read_text()
