@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .fairseq_command import training_identity
+from .fairseq_command import console_script, training_identity
 
 OWNED_OPTIONS = ("--explore-updates", "--explore-epochs", "--explore-ratio", "--seed", "--save-dir")
 METRICS = ("best_valid_loss", "bleu", "sharpness", "top_eigenvalue")
@@ -183,16 +183,11 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace, train_args
         parser.error(f"--sharpness-epsilon must be > 0, got {args.sharpness_epsilon}")
 
 
-def _console_script(name: str, module: str) -> list[str]:
-    script = Path(sys.executable).with_name(name)
-    return [str(script)] if script.exists() else [sys.executable, "-m", module]
-
-
 def plan_runs(
     train_args: Sequence[str], explore_ratios: Sequence[float], seeds: Sequence[int], output_dir: Path
 ) -> list[tuple[float, int, Path, list[str]]]:
     """``(ratio, seed, save_dir, fairseq-train command)`` of every run, explore length by explore length."""
-    fairseq_train = _console_script("fairseq-train", "fairseq_cli.train")
+    fairseq_train = console_script("fairseq-train", "fairseq_cli.train")
     plans = []
     for ratio in explore_ratios:
         for seed in seeds:
@@ -229,7 +224,7 @@ def _train(command: list[str], save_dir: Path) -> str:
 
 def _generate(data: str, checkpoint: Path, generate_args: str) -> float:
     command = [
-        *_console_script("fairseq-generate", "fairseq_cli.generate"),
+        *console_script("fairseq-generate", "fairseq_cli.generate"),
         data,
         "--path",
         str(checkpoint),

@@ -1,12 +1,15 @@
-"""What ``fairseq-train`` command lines mean, without importing fairseq (or torch).
-
-Two commands that differ only in which checkpoint files stay on disk train the same run: the runs
-of a sweep, and a recipe's rerun after a kill, compare :func:`training_identity` s.
+"""fairseq command lines, without importing fairseq (or torch): where a console script is
+(:func:`console_script`), and when two ``fairseq-train`` commands train the same run (two commands
+that differ only in which checkpoint files stay on disk do: the runs of a sweep, and a recipe's rerun
+after a kill, compare :func:`training_identity` s).
 """
 
 from __future__ import annotations
 
+import shutil
+import sys
 from collections.abc import Iterable
+from pathlib import Path
 
 # Options that only choose which checkpoint files are kept (flag: 0, option with a value: 1).
 CHECKPOINT_KEEPING = {
@@ -31,3 +34,12 @@ def training_identity(command: Iterable[str]) -> list[str]:
         kept.append(words[index])
         index += 1
     return kept
+
+
+def console_script(name: str, module: str) -> list[str]:
+    """The console script ``name`` next to this interpreter, else on ``PATH``, else ``python -m module``."""
+    script = Path(sys.executable).with_name(name)
+    if script.exists():
+        return [str(script)]
+    found = shutil.which(name)
+    return [found] if found else [sys.executable, "-m", module]

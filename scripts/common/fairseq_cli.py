@@ -1,7 +1,8 @@
 """Running fairseq's command-line tools and reading their logs; imports no task, and neither torch
 nor fairseq.
 
-The recipes find each console script next to the interpreter (:func:`console_script`), run it and
+The recipes find each console script next to the interpreter
+(:func:`knee_plugins.fairseq_command.console_script`), run it and
 read fairseq's ``--log-format json`` records back (:func:`parse_log`); the benchmarks and the plugin
 tests use the same helpers with a tiny synthetic corpus (:func:`write_tiny_corpus`, :data:`TINY_MODEL`).
 """
@@ -12,11 +13,12 @@ import json
 import os
 import random
 import re
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterable
 from pathlib import Path
+
+from knee_plugins.fairseq_command import console_script
 
 BIN = Path(sys.executable).parent
 
@@ -42,15 +44,6 @@ LOG_KINDS = ("train_inner", "valid", "train")
 _JSON_RECORD = re.compile(
     r"(?:\|\s*(train_inner|valid|train)\s*\||\[(train_inner|valid|train)\]\[INFO\] -)\s*(\{.*\})\s*$"
 )
-
-
-def console_script(name: str, module: str) -> list[str]:
-    """The console script ``name`` next to this interpreter, else on ``PATH``, else ``python -m module``."""
-    script = Path(sys.executable).with_name(name)
-    if script.exists():
-        return [str(script)]
-    found = shutil.which(name)
-    return [found] if found else [sys.executable, "-m", module]
 
 
 def fairseq_command(name: str) -> list[str]:

@@ -48,8 +48,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from knee_plugins.fairseq_command import console_script
 from scripts.common import prepare, report
-from scripts.common.fairseq_cli import console_script
 from scripts.common.fairseq_recipe import (
     DEMO,
     DEMO_MODEL_ARGS,
