@@ -12,10 +12,10 @@ Hessian eigenvalue, on the same first training batches for every run). It writes
 * ``sweep.md``: per explore length, the mean ± standard deviation over the seeds;
 * ``sweep.png``: each metric against the explore length (error bars: the seeds' standard deviation).
 
-Each run saves into ``OUTPUT/explore-<ratio>/seed-<seed>`` and leaves ``result.json`` there: a rerun
-of the same sweep reuses finished runs, and an unfinished run continues from its
-``checkpoint_last.pt`` (fairseq's own restore). A folder holding a run of another command stops the
-sweep before anything trains.
+Each run saves into ``OUTPUT/explore-<ratio>/seed-<seed>`` with its command (``command.json``) and,
+once measured, ``result.json``: a rerun of the same sweep reuses finished runs, and an unfinished run
+continues from its ``checkpoint_last.pt`` (fairseq's own restore). A folder holding a run of another
+command stops the sweep before it trains there.
 """
 
 from __future__ import annotations
@@ -212,8 +212,17 @@ def _finished(save_dir: Path, command: list[str]) -> dict[str, Any] | None:
 
 def _train(command: list[str], save_dir: Path) -> str:
     save_dir.mkdir(parents=True, exist_ok=True)
-    log_path = save_dir / "train.log"
+    log_path, record = save_dir / "train.log", save_dir / "command.json"
     resuming = (save_dir / "checkpoint_last.pt").exists()
+    if resuming and (
+        not record.is_file()
+        or training_identity(json.loads(record.read_text(encoding="utf-8"))) != training_identity(command)
+    ):
+        raise SystemExit(
+            f"{save_dir} holds a checkpoint_last.pt of another (or an unrecorded) command, which fairseq-train "
+            f"would continue: use another --output-dir, or delete {save_dir}."
+        )
+    record.write_text(json.dumps(command) + "\n", encoding="utf-8")
     with open(log_path, "a" if resuming else "w", encoding="utf-8") as log:
         done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, text=True)
     text = log_path.read_text(encoding="utf-8")

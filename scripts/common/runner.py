@@ -229,7 +229,7 @@ class Job:
 
 def check_same_run(command: Sequence[str], save_dir: Path) -> None:
     """SystemExit unless ``save_dir`` is new or holds a run of ``command`` (the same
-    :func:`~scripts.common.fairseq_cli.training_identity`): a result or checkpoint of other settings
+    :func:`~knee_plugins.fairseq_command.training_identity`): a result or checkpoint of other settings
     must not be reused, continued or overwritten by accident."""
     record = save_dir / COMMAND_RECORD
     if record.exists():

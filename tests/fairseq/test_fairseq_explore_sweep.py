@@ -45,6 +45,18 @@ def test_bad_input_is_refused_naming_the_option(tmp_path, capsys, train, options
     assert message in capsys.readouterr().err
 
 
+def test_a_checkpoint_of_another_command_is_not_continued(tmp_path):
+    """fairseq-train would continue any checkpoint_last.pt in its save dir: one left by another command
+    stops the sweep before it trains there."""
+    save_dir = tmp_path / "explore-0.5" / "seed-1"
+    save_dir.mkdir(parents=True)
+    (save_dir / "checkpoint_last.pt").write_bytes(b"")
+    (save_dir / "command.json").write_text(json.dumps(["fairseq-train", "DATA", "--lr", "9"]))
+    with pytest.raises(SystemExit, match="checkpoint_last.pt of another"):
+        main(["--explore-ratios", "0.5", "--output-dir", str(tmp_path), "--", "DATA", *KNEE])
+    assert not (save_dir / "train.log").exists()
+
+
 def test_summary_is_the_mean_and_std_over_seeds_per_explore_length():
     runs = [
         {"explore_ratio": 0.5, "seed": 1, "best_valid_loss": 2.0, "bleu": None, "sharpness": 1.0},
