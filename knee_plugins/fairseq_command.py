@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import shutil
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 # Options that only choose which checkpoint files are kept (flag: 0, option with a value: 1).
@@ -21,19 +21,25 @@ CHECKPOINT_KEEPING = {
 }
 
 
-def training_identity(command: Iterable[str]) -> list[str]:
-    """``command`` without the options in :data:`CHECKPOINT_KEEPING` (``--opt value`` or ``--opt=value``)."""
+def without_options(command: Iterable[str], options: Mapping[str, int]) -> list[str]:
+    """``command`` without each of ``options`` (name -> number of values it takes: 0 for a flag), given
+    as ``--opt value`` or ``--opt=value``."""
     words = list(command)
     kept: list[str] = []
     index = 0
     while index < len(words):
         name = words[index].split("=", 1)[0]
-        if name in CHECKPOINT_KEEPING:
-            index += 1 if "=" in words[index] else 1 + CHECKPOINT_KEEPING[name]
+        if name in options:
+            index += 1 if "=" in words[index] else 1 + options[name]
             continue
         kept.append(words[index])
         index += 1
     return kept
+
+
+def training_identity(command: Iterable[str]) -> list[str]:
+    """``command`` without the options in :data:`CHECKPOINT_KEEPING`."""
+    return without_options(command, CHECKPOINT_KEEPING)
 
 
 def console_script(name: str, module: str) -> list[str]:

@@ -21,26 +21,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from knee_plugins import explore_sweep
+from knee_plugins.fairseq_command import without_options
 from scripts.common.fairseq_cli import fairseq_command
 from scripts.common.fairseq_recipe import DEMO, RunConfig, generate_command, train_command
 from scripts.common.runner import RunnerOptions
 
-SWEEP_SETS = ("--explore-updates", "--seed", "--save-dir")
+SWEEP_SETS = {"--explore-updates": 1, "--seed": 1, "--save-dir": 1}
 SACREBLEU_TOKENISED = ("--scoring", "sacrebleu", "--sacrebleu-tokenizer", "none")
-
-
-def without_options(words: Sequence[str], names: Sequence[str]) -> list[str]:
-    """``words`` without each ``--name value`` pair whose name is in ``names``."""
-    kept: list[str] = []
-    skip = False
-    for word in words:
-        if skip:
-            skip = False
-        elif word in names:
-            skip = True
-        else:
-            kept.append(word)
-    return kept
 
 
 def demo_sweep_arguments(options: RunnerOptions, data_bin: Path) -> tuple[list[str], str]:
@@ -50,7 +37,7 @@ def demo_sweep_arguments(options: RunnerOptions, data_bin: Path) -> tuple[list[s
     run = RunConfig(recipe, "knee", "full", 1, data_bin, Path("unused"), options.batches(recipe), cpu=options.use_cpu)
     train = train_command(run)[len(fairseq_command("train")) :]
     generate = generate_command(recipe, data_bin, Path("unused"), options.use_cpu)[len(fairseq_command("generate")) :]
-    generate = without_options(generate[1:], ("--path", "--gen-subset"))
+    generate = without_options(generate[1:], {"--path": 1, "--gen-subset": 1})
     return without_options(train, SWEEP_SETS), shlex.join([*generate, *SACREBLEU_TOKENISED])
 
 
